@@ -1,0 +1,138 @@
+"""One exception hierarchy for every protocol.
+
+Each adapter maps its driver's exceptions onto these in one place, so user code catches
+``aiobus`` errors only, whatever the wire.
+"""
+
+from __future__ import annotations
+
+
+class AiobusError(Exception):
+    """Base of every error aiobus raises on purpose."""
+
+
+# --- raised at the call: the input or the configuration is wrong -------------------------
+
+
+class ConfigError(AiobusError, ValueError):
+    """A setting, URL part or option is invalid, or the protocol cannot carry it."""
+
+
+class InvalidTopic(ConfigError):
+    """A topic, filter, routing key or address breaks its protocol's rules."""
+
+
+class NotSupported(AiobusError):
+    """The protocol has no way to do what was asked (e.g. ``nack`` on MQTT)."""
+
+
+class MessageTooLarge(AiobusError, ValueError):
+    """The encoded message is over the broker's known maximum size."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes is over the broker's maximum of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+# --- connection life -------------------------------------------------------------------------
+
+
+class ConnectError(AiobusError):
+    """Connecting failed. ``permanent`` errors are not retried on the first connect."""
+
+    permanent = False
+
+
+class TransientConnectError(ConnectError):
+    """Refused, reset, timed out, DNS: worth another attempt."""
+
+
+class PermanentConnectError(ConnectError):
+    """Retrying cannot help (bad credentials, TLS verification, unknown vhost, wrong protocol)."""
+
+    permanent = True
+
+
+class AuthenticationError(PermanentConnectError):
+    """The broker refused the credentials."""
+
+
+class ProtocolMismatch(PermanentConnectError):
+    """The server speaks another protocol than the URL scheme asked for."""
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """No link came up within ``connect_timeout``; ``__cause__`` is the last attempt's error."""
+
+
+class ConnectionClosed(AiobusError):
+    """The connection is closed, or was closed before the operation finished."""
+
+
+class LinkDown(AiobusError):
+    """Raised by adapters when the wire link died; the supervisor turns it into a reconnect."""
+
+
+# --- publishing outcomes ---------------------------------------------------------------------
+
+
+class PublishError(AiobusError):
+    """Base of what a ``PublishFuture`` can fail with."""
+
+
+class Nacked(PublishError):
+    """The broker refused the message (basic.nack, AMQP 1.0 rejected/modified, MQTT 5 >= 0x80)."""
+
+    def __init__(self, reason: str, *, code: int | str | None = None) -> None:
+        text = f"broker refused the message: {reason}"
+        if code is not None:
+            text += f" (code {code})"
+        super().__init__(text)
+        self.reason = reason
+        self.code = code
+
+
+class Unroutable(PublishError):
+    """No queue took the message (mandatory publish returned, AMQP 1.0 released)."""
+
+    def __init__(self, reason: str, *, code: int | str | None = None) -> None:
+        super().__init__(f"message was not routed to any queue: {reason}")
+        self.reason = reason
+        self.code = code
+
+
+class PublishTimeout(PublishError, TimeoutError):
+    """Not settled by the broker before the message's deadline."""
+
+
+class BufferFull(PublishError):
+    """The outbox already holds ``max_buffered`` messages."""
+
+
+class LinkLost(PublishError):
+    """The link died and the outage policy is ``"fail"``.
+
+    ``maybe_delivered`` is False when the message never left this process, True when it was
+    written and the broker may or may not have it.
+    """
+
+    def __init__(self, *, maybe_delivered: bool) -> None:
+        what = "outcome unknown: it was written" if maybe_delivered else "it was never sent"
+        super().__init__(f"link lost before the broker settled the message ({what})")
+        self.maybe_delivered = maybe_delivered
+
+
+# --- receiving -------------------------------------------------------------------------------
+
+
+class StaleDelivery(AiobusError):
+    """The delivery came on a link that has since died; settling it there is impossible."""
+
+
+class SubscriptionError(AiobusError):
+    """A subscription could not be (re)attached; it is not receiving."""
+
+
+class AlreadySettled(AiobusError):
+    """The delivery was already acked, nacked or rejected."""

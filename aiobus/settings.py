@@ -1,0 +1,232 @@
+"""Typed option sets, one per protocol, sharing the options the core itself uses.
+
+The URL's query string and ``connect(**options)`` both end up here; every value is validated
+once, at connect time, with a ``ConfigError`` that names the option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from .errors import ConfigError
+
+Outage = Literal["retry", "fail"]
+
+#: Where ``url=False`` is set in a field's metadata the option can be given only as a keyword.
+KW_ONLY = {"url": False}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonOptions:
+    """Options every protocol shares: the core's own knobs (DESIGN section 5 defaults)."""
+
+    timeout: float = 30.0
+    """Publish deadline in seconds: waiting out an outage, writing and the confirm."""
+    max_in_flight: int = 1024
+    max_buffered: int = 100_000
+    prefetch: int = 100
+    heartbeat: float = 30.0
+    """AMQP heartbeat, MQTT keep-alive, AMQP 1.0 idle time-out; 0 turns it off."""
+    connect_timeout: float = 30.0
+    close_timeout: float = 10.0
+    outage: Outage = "retry"
+    max_attempts: int | None = None
+    """Reconnect attempts in a row before the connection gives up (None: unlimited)."""
+    backoff_initial: float = 0.01
+    backoff_factor: float = 2.0
+    backoff_max: float = 20.0
+    stable_after: float = 10.0
+    """A link that stayed up this long resets the backoff."""
+    ca_file: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    verify: bool = True
+    credentials: Any = field(default=None, metadata=KW_ONLY)
+    """(user, password), a ``Credentials``, or a sync/async callable returning either."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "timeout", "max_in_flight", "max_buffered", "prefetch")
+        _positive(self, "connect_timeout", "close_timeout", "backoff_initial", "backoff_max")
+        _non_negative(self, "heartbeat", "stable_after")
+        if self.backoff_factor < 1:
+            raise ConfigError(f"backoff_factor must be >= 1, got {self.backoff_factor!r}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1 or None, got {self.max_attempts!r}")
+        if self.keyfile and not self.certfile:
+            raise ConfigError("keyfile given without certfile")
+        creds = self.credentials
+        if creds is not None and not callable(creds) and not _is_credential_pair(creds):
+            raise ConfigError(
+                "credentials must be (username, password), a Credentials or a callable "
+                f"returning one, not {type(creds).__name__}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryOptions(CommonOptions):
+    topics: Literal["amqp", "mqtt"] = "amqp"
+    """Route like a RabbitMQ topic exchange (``a.*.#``) or like an MQTT broker (``a/+/#``)."""
+    mandatory: bool = False
+    max_message_size: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class AmqpOptions(CommonOptions):
+    exchange: str = "amq.topic"
+    mandatory: bool = True
+    persistent: bool = True
+    on_mismatch: Literal["error", "recreate"] = "error"
+    max_message_size: int = 16 * 1024 * 1024
+    topology: Sequence[Any] = field(default=(), metadata=KW_ONLY)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MqttOptions(CommonOptions):
+    protocol: Literal[4, 5] = 4
+    """4 is MQTT 3.1.1 (its protocol level), 5 is MQTT 5."""
+    client_id: str | None = None
+    qos: Literal[0, 1, 2] = 1
+    clean_session: bool = True
+    session_expiry: int = 0
+    max_message_size: int = 256 * 1024 * 1024 - 1
+    will: Any = field(default=None, metadata=KW_ONLY)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Amqp1Options(CommonOptions):
+    container_id: str | None = None
+    presettled: bool = False
+    sasl: Literal["auto", "PLAIN", "ANONYMOUS"] = "auto"
+    max_message_size: int = 16 * 1024 * 1024
+
+
+OPTIONS_BY_PROTOCOL: dict[str, type[CommonOptions]] = {
+    "memory": MemoryOptions,
+    "amqp091": AmqpOptions,
+    "mqtt": MqttOptions,
+    "amqp10": Amqp1Options,
+}
+
+
+def _positive(opts: object, *names: str) -> None:
+    for name in names:
+        value = getattr(opts, name)
+        if not value > 0:
+            raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+def _non_negative(opts: object, *names: str) -> None:
+    for name in names:
+        value = getattr(opts, name)
+        if not value >= 0:
+            raise ConfigError(f"{name} must be >= 0, got {value!r}")
+
+
+def _is_credential_pair(value: object) -> bool:
+    if hasattr(value, "username") and hasattr(value, "password"):
+        return True
+    return isinstance(value, tuple) and len(value) == 2
+
+
+def build_options(
+    cls: type[CommonOptions],
+    query: Mapping[str, str],
+    kwargs: Mapping[str, Any],
+    where: str,
+) -> CommonOptions:
+    """Merge URL query strings (coerced by the field's type) and keyword options (checked)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, text in query.items():
+        f = fields.get(name)
+        if f is None or not f.metadata.get("url", True):
+            raise ConfigError(f"unknown query parameter {name!r} for {where}{_known(fields)}")
+        values[name] = coerce_text(name, text, hints[name])
+    for name, value in kwargs.items():
+        if name not in fields:
+            raise ConfigError(f"unknown option {name!r} for {where}{_known(fields)}")
+        check_type(name, value, hints[name])
+        values[name] = value
+    return cls(**values)
+
+
+def _known(fields: Mapping[str, dataclasses.Field[Any]]) -> str:
+    return " (known: " + ", ".join(sorted(fields)) + ")"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def coerce_text(name: str, text: str, hint: Any) -> Any:
+    """Turn a query-string value into the option's type, or say exactly why not."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if text.lower() in ("", "none", "null"):
+            return None
+        return coerce_text(name, text, args[0])
+    if origin is Literal:
+        for choice in typing.get_args(hint):
+            if str(choice) == text:
+                return choice
+        choices = ", ".join(repr(str(c)) for c in typing.get_args(hint))
+        raise ConfigError(f"option {name!r} must be one of {choices}, got {text!r}")
+    try:
+        if hint is bool:
+            low = text.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(text)
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(
+            f"option {name!r} must be a {hint.__name__}, got {text!r}"
+        ) from None
+    return text
+
+
+def check_type(name: str, value: Any, hint: Any) -> None:
+    """Reject a keyword option of the wrong type at connect time, not deep in a driver."""
+    if hint is Any:
+        return
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                check_type(name, value, arg)
+            except ConfigError:
+                continue
+            return
+        raise ConfigError(f"option {name!r} has the wrong type {type(value).__name__}")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(repr(c) for c in typing.get_args(hint))
+            raise ConfigError(f"option {name!r} must be one of {choices}, got {value!r}")
+        return
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"option {name!r} must be None")
+        return
+    if origin is not None:
+        hint = origin
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"option {name!r} must be an int, got a bool")
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ConfigError(
+            f"option {name!r} must be {hint.__name__}, got {type(value).__name__} {value!r}"
+        )
+
