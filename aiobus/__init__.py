@@ -1,0 +1,87 @@
+"""aiobus: one asyncio messaging API over MQTT, AMQP 0-9-1, AMQP 1.0 and an in-process broker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .auth import Credentials
+from .connection import Connection
+from .errors import (
+    AiobusError,
+    AlreadySettled,
+    AuthenticationError,
+    BufferFull,
+    ConfigError,
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    InvalidTopic,
+    LinkLost,
+    MessageTooLarge,
+    Nacked,
+    NotSupported,
+    PermanentConnectError,
+    ProtocolMismatch,
+    PublishError,
+    PublishTimeout,
+    StaleDelivery,
+    SubscriptionError,
+    TransientConnectError,
+    Unroutable,
+)
+from .events import Event, State
+from .message import Delivery
+from .publishing import Confirm, PublishFuture
+from .subscription import Subscription
+from .url import Settings
+
+__version__ = "0.1.0"
+
+
+def connect(url: str | Sequence[str], **options: Any) -> Connection:
+    """A connection to use as ``async with aiobus.connect(url) as bus``.
+
+    The scheme picks the protocol (``mqtt``, ``mqtts``, ``mqtt+ws``, ``mqtt+wss``, ``amqp``,
+    ``amqps``, ``amqp1``, ``amqp1s``, ``memory``); query parameters and keyword options set the
+    typed options of that protocol. Several hosts (a list of URLs, or ``h1:p1,h2:p2`` in one)
+    are tried in turn on each reconnect. Invalid input raises ``ConfigError`` here.
+    """
+    from .url import parse
+
+    return Connection(parse(url, **options))
+
+
+__all__ = [
+    "AiobusError",
+    "AlreadySettled",
+    "AuthenticationError",
+    "BufferFull",
+    "ConfigError",
+    "Confirm",
+    "ConnectError",
+    "ConnectTimeout",
+    "Connection",
+    "ConnectionClosed",
+    "Credentials",
+    "Delivery",
+    "Event",
+    "InvalidTopic",
+    "LinkLost",
+    "MessageTooLarge",
+    "Nacked",
+    "NotSupported",
+    "PermanentConnectError",
+    "ProtocolMismatch",
+    "PublishError",
+    "PublishFuture",
+    "PublishTimeout",
+    "Settings",
+    "StaleDelivery",
+    "State",
+    "Subscription",
+    "SubscriptionError",
+    "TransientConnectError",
+    "Unroutable",
+    "connect",
+]

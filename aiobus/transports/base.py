@@ -1,0 +1,177 @@
+"""The small interface every protocol adapter implements.
+
+An adapter owns only the wire: connect, write messages and report each one's outcome, attach
+consumers, report that the link died. Reconnect, replay, deadlines, ordering, windows and states
+live in the core and behave the same on every protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from ..errors import NotSupported
+
+if TYPE_CHECKING:
+    from ..auth import Credentials
+    from ..message import Delivery
+    from ..publishing import Outbox, Outgoing
+    from ..url import Endpoint, Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a protocol can do; the conformance suite asserts the typed error where it cannot."""
+
+    nack: bool = True
+    unroutable: bool = True
+    headers: bool = True
+    priority: bool = True
+    ttl: bool = True
+    retain: bool = False
+    qos: bool = False
+    shared_queue: bool = True
+    delivery_count: bool = False
+    topology: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSpec:
+    pattern: str
+    queue: str | None = None
+    durable: bool | None = None
+    exclusive: bool | None = None
+    prefetch: int = 100
+    qos: int | None = None
+    no_ack: bool = False
+    exchange: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DeliverySink(Protocol):
+    """Where a consumer puts deliveries: the subscription's bounded buffer."""
+
+    capacity: int
+
+    def push(self, delivery: Delivery) -> None: ...
+
+    @property
+    def room(self) -> int: ...
+
+    def on_space(self, callback: Callable[[], None] | None) -> None: ...
+
+
+class LinkHooks:
+    """The core's ears for one link. After the link is lost every call is ignored, so a dead
+    link's late outcomes can never settle a message that was re-sent on a newer link."""
+
+    __slots__ = ("_lost", "_outbox", "alive", "generation")
+
+    def __init__(self, outbox: Outbox, generation: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._outbox = outbox
+        self._lost: asyncio.Future[BaseException] = loop.create_future()
+        self.alive = True
+        self.generation = generation
+
+    def settled(self, msg: Outgoing, broker_id: Any = None) -> None:
+        if self.alive:
+            self._outbox.settle(msg, broker_id)
+
+    def failed(self, msg: Outgoing, exc: BaseException) -> None:
+        if self.alive:
+            self._outbox.fail(msg, exc)
+
+    def lost(self, exc: BaseException) -> None:
+        """The link is dead. Safe to call more than once and from any callback."""
+        if self.alive:
+            self.alive = False
+            if not self._lost.done():
+                self._lost.set_result(exc)
+
+    async def wait_lost(self) -> BaseException:
+        return await asyncio.shield(self._lost)
+
+
+class Consumer(ABC):
+    """A consumer attached on one link; deliveries settle through it."""
+
+    protocol: ClassVar[str] = ""
+    can_nack: ClassVar[bool] = True
+
+    def __init__(self, hooks: LinkHooks) -> None:
+        self._hooks = hooks
+        self.cancelled = False
+
+    @property
+    def alive(self) -> bool:
+        return self._hooks.alive and not self.cancelled
+
+    @abstractmethod
+    async def ack(self, delivery: Delivery) -> None: ...
+
+    @abstractmethod
+    async def nack(self, delivery: Delivery, requeue: bool) -> None: ...
+
+    @abstractmethod
+    async def cancel(self) -> None:
+        """Stop consuming; unsettled deliveries go back to the broker."""
+
+
+class Link(ABC):
+    """One connection attempt's worth of wire. A new instance per attempt."""
+
+    protocol: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(
+        self,
+        settings: Settings,
+        endpoint: Endpoint | None,
+        credentials: Credentials | None,
+        hooks: LinkHooks,
+    ) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.hooks = hooks
+        #: A cap the broker imposes on unsettled publishes (MQTT receive maximum, credit).
+        self.max_in_flight: int | None = None
+
+    # -- checks made at the call, before anything is queued -------------------------------
+
+    @classmethod
+    @abstractmethod
+    def check_publish(cls, settings: Settings, msg: Outgoing) -> None:
+        """Raise InvalidTopic / ConfigError / MessageTooLarge; fill protocol defaults."""
+
+    @classmethod
+    def check_subscribe(cls, settings: Settings, spec: SubscriptionSpec) -> None:
+        """Raise InvalidTopic / ConfigError for what the protocol cannot honour."""
+
+    # -- the wire -------------------------------------------------------------------------
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect; raise a ConnectError subclass (permanent or transient) on failure."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close politely; must return promptly even if the peer is gone."""
+
+    @abstractmethod
+    async def publish(self, batch: Sequence[Outgoing]) -> None:
+        """Write the messages in order; report each outcome through ``hooks`` later."""
+
+    @abstractmethod
+    async def attach(self, spec: SubscriptionSpec, sink: DeliverySink) -> Consumer: ...
+
+    async def declare(self, items: Sequence[Any]) -> None:
+        raise NotSupported(f"{self.protocol} has no declarative topology")
+
+    @property
+    def raw(self) -> Any:
+        """The driver's own connection object: outside aiobus's guarantees."""
+        return None
