@@ -1,0 +1,94 @@
+"""Process helpers shared by the broker classes: owned children, stale-run sweeping, log tails."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+OWNER_FILE = "aiobus-owner.json"
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Kernel start time (clock ticks since boot) of ``pid``, or None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def proc_environ_contains(pid: int, needle: bytes) -> bool:
+    """True if the environment or command line of ``pid`` contains ``needle``."""
+    for name in ("environ", "cmdline"):
+        try:
+            with open(f"/proc/{pid}/{name}", "rb") as f:
+                if needle in f.read():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def write_owner(directory: Path, **extra: object) -> None:
+    """Record which process owns ``directory`` (and what it started), for later sweeping."""
+    data = {"owner_pid": os.getpid(), "owner_start": proc_start_time(os.getpid()), **extra}
+    tmp = directory / (OWNER_FILE + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(directory / OWNER_FILE)
+
+
+def read_owner(directory: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads((directory / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def owner_alive(owner: dict[str, object]) -> bool:
+    pid = owner.get("owner_pid")
+    if not isinstance(pid, int):
+        return False
+    start = proc_start_time(pid)
+    return start is not None and start == owner.get("owner_start")
+
+
+def kill_verified(pid: object, marker: bytes) -> None:
+    """SIGKILL ``pid`` only if it still is the process we started (its env/cmdline has marker)."""
+    if isinstance(pid, int) and pid > 1 and proc_environ_contains(pid, marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(no log at {path}: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def signal_and_wait(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
+    """Send ``sig`` to the child (and its process group); wait; SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            if sig == signal.SIGKILL:
+                os.killpg(proc.pid, sig)  # own session: pid == pgid; takes helpers down too
+            else:
+                proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait(timeout=30)
