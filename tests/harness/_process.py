@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 OWNER_FILE = "aiobus-owner.json"
@@ -63,11 +64,26 @@ def owner_alive(owner: dict[str, object]) -> bool:
     return start is not None and start == owner.get("owner_start")
 
 
-def kill_verified(pid: object, marker: bytes) -> None:
-    """SIGKILL ``pid`` only if it still is the process we started (its env/cmdline has marker)."""
-    if isinstance(pid, int) and pid > 1 and proc_environ_contains(pid, marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def proc_gone(pid: int) -> bool:
+    """True if ``pid`` has exited (absent, or a zombie nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return True
+    return data[data.rfind(b")") + 2 :].startswith(b"Z")
+
+
+def kill_verified(pid: object, marker: bytes, timeout: float = 10.0) -> None:
+    """SIGKILL ``pid`` only if it still is the process we started (its env/cmdline has
+    ``marker``), and wait (bounded) until it has exited. It is not our child: no wait()."""
+    if not (isinstance(pid, int) and pid > 1 and proc_environ_contains(pid, marker)):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while not proc_gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.harness import _process
-from tests.harness.ports import LOOPBACK, free_ports, wait_for_ports
+from tests.harness.ports import LOOPBACK, free_ports, port_is_open, wait_for_ports
 from tests.harness.tls import TLSFiles, session_tls
 
 __all__ = ["DEFAULT_ROOT", "RabbitMQNode", "RabbitMQStartError", "chroot_ready"]
@@ -91,16 +91,23 @@ def _chroot_path(root: Path, host_path: Path) -> str:
     return "/" + str(host_path.relative_to(root))
 
 
-def _epmd_kill(root: Path, port: int) -> None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(
-            ["chroot", str(root), _EPMD, "-kill"],
-            env={"PATH": _PATH, "ERL_EPMD_PORT": str(port), "ERL_EPMD_ADDRESS": LOOPBACK},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=15,
-            check=False,
-        )
+def _epmd_kill(root: Path, port: int, timeout: float = 10.0) -> None:
+    """Stop the epmd on ``port`` (it outlives the node). epmd refuses while a node is still
+    registered, which lasts a moment after the node dies: retry until the port closes."""
+    deadline = time.monotonic() + timeout
+    while port_is_open(LOOPBACK, port):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                ["chroot", str(root), _EPMD, "-kill"],
+                env={"PATH": _PATH, "ERL_EPMD_PORT": str(port), "ERL_EPMD_ADDRESS": LOOPBACK},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=15,
+                check=False,
+            )
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)  # retry interval
 
 
 class RabbitMQNode:
