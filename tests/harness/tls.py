@@ -12,10 +12,13 @@ import shutil
 import ssl
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
+
+from tests.harness import _process
 
 __all__ = ["TLSFiles", "make_tls", "session_tls"]
 
@@ -80,7 +83,22 @@ def make_tls(directory: Path) -> TLSFiles:
     return files
 
 
+_PREFIX = "aiobus-tls-"
 _lock = threading.Lock()
+
+
+def _sweep_stale(base: Path) -> None:
+    """Remove session PKI directories of test processes that died without cleaning up."""
+    for directory in base.glob(_PREFIX + "*"):
+        owner = _process.read_owner(directory)
+        if owner is None:
+            # No owner file: written by an older harness, or being set up right now.
+            if time.time() - directory.stat().st_mtime > 3600:
+                shutil.rmtree(directory, ignore_errors=True)
+        elif not _process.owner_alive(owner):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 _session: TLSFiles | None = None
 
 
@@ -89,7 +107,9 @@ def session_tls() -> TLSFiles:
     global _session
     with _lock:
         if _session is None:
-            directory = Path(tempfile.mkdtemp(prefix="aiobus-tls-"))
+            _sweep_stale(Path(tempfile.gettempdir()))
+            directory = Path(tempfile.mkdtemp(prefix=_PREFIX))
+            _process.write_owner(directory)
             atexit.register(shutil.rmtree, directory, True)
             _session = make_tls(directory)
         return _session
