@@ -163,7 +163,7 @@ class Connection:
         """Until the link is up; ``TimeoutError`` after ``timeout``, ``ConnectionClosed`` if it
         is closed meanwhile."""
         async with asyncio.timeout(timeout):
-            while self._state is not State.CONNECTED:
+            while self._state is not State.CONNECTED or self._live_link() is None:
                 if self._state in (State.CLOSING, State.CLOSED):
                     raise ConnectionClosed("the connection is closed")
                 if self._state_changed is None or self._state_changed.done():

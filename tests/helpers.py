@@ -1,0 +1,31 @@
+"""Small helpers the tests share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import aiobus
+from aiobus.events import Event, State
+
+
+def other_tasks() -> set[asyncio.Task[object]]:
+    current = asyncio.current_task()
+    return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+
+
+async def wait_for_state(events: AsyncIterator[Event], state: State, timeout: float = 5) -> Event:
+    async with asyncio.timeout(timeout):
+        async for event in events:
+            if event.kind == "state" and event.state is state:
+                return event
+    raise AssertionError(f"event stream ended before {state}")
+
+
+async def through_outage(bus: aiobus.Connection, fault: Callable[[], object],
+                         timeout: float = 5) -> None:
+    """Run ``fault`` and return once the connection has lost its link and is connected again."""
+    async with bus.events() as events:
+        fault()
+        await wait_for_state(events, State.RECONNECTING, timeout)
+        await wait_for_state(events, State.CONNECTED, timeout)
