@@ -6,6 +6,7 @@ futures, each with a deadline timer, resolved and gathered.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import tracemalloc
@@ -72,7 +73,9 @@ async def peak_memory_in_flight(url: str, count: int) -> float:
     return peak / (1024 * 1024)
 
 
-async def run(count: int, rounds: int) -> None:
+async def run(args: argparse.Namespace) -> None:
+    count = args.count or 100_000
+    rounds = args.rounds
     floor = Row("plain futures + timer (floor)", "futures/s")
     pub = Row("aiobus confirmed publish", "msg/s")
     e2e = Row("aiobus publish -> receive + ack", "msg/s")

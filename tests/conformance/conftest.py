@@ -2,21 +2,23 @@
 
 Every test in this folder runs against every target. Where a protocol cannot do something, the
 test asserts the typed ``NotSupported`` / ``ConfigError`` instead of skipping (CI fails on any
-skip). Adapter issues add their brokers to ``TARGETS``.
+skip). Each transport lists its targets in its own ``targets_<protocol>.py`` module here, as a
+``TARGETS`` dict of name -> factory(request) -> Target.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
+import pkgutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from aiobus.memory_broker import MemoryBroker
-from aiobus.testing import fresh_memory_broker
 
 _unique = itertools.count(1)
 
@@ -48,28 +50,20 @@ class Target:
         return f"{prefix}{next(_unique)}x{uuid.uuid4().hex[:6]}"
 
 
-def _memory(topics: str) -> Callable[[pytest.FixtureRequest], Target]:
-    def make(request: pytest.FixtureRequest) -> Target:
-        broker = fresh_memory_broker()
-        return Target(
-            name=f"memory-{topics}",
-            url=broker.url(topics),
-            syntax=topics,
-            can_nack=True,
-            can_unroutable=True,
-            can_headers=True,
-            kill_link=broker.kill_links,
-            options={"backoff_initial": 0.001},
-            cleanup=lambda: MemoryBroker.drop(broker.name),
-        )
-
-    return make
+TargetFactory = Callable[[pytest.FixtureRequest], Target]
 
 
-TARGETS: dict[str, Callable[[pytest.FixtureRequest], Target]] = {
-    "memory-amqp": _memory("amqp"),
-    "memory-mqtt": _memory("mqtt"),
-}
+def _collect_targets() -> dict[str, TargetFactory]:
+    found: dict[str, TargetFactory] = {}
+    here = str(Path(__file__).parent)
+    for info in sorted(pkgutil.iter_modules([here]), key=lambda m: m.name):
+        if info.name.startswith("targets_"):
+            module = importlib.import_module(f"tests.conformance.{info.name}")
+            found.update(module.TARGETS)
+    return found
+
+
+TARGETS = _collect_targets()
 
 
 @pytest.fixture(params=list(TARGETS))
