@@ -71,7 +71,7 @@ class Connection:
         self._hub = EventHub()
         self._outbox: Outbox | None = None
         self._subs: list[Subscription] = []
-        self._topology: list[Any] = []
+        self._topology: list[Any] = list(getattr(settings.options, "topology", ()))
         self._link: Link | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._first: asyncio.Future[None] | None = None
@@ -129,8 +129,11 @@ class Connection:
                 async with asyncio.timeout(close_timeout):
                     await outbox.flush()
         if outbox is not None:
-            outbox.fail_all(lambda m: ConnectionClosed(f"connection closed before message "
-                                                       f"{m.message_id} was settled"))
+            outbox.fail_all(
+                lambda m: ConnectionClosed(
+                    f"connection closed before message {m.message_id} was settled"
+                )
+            )
         for sub in list(self._subs):
             await self._cancel_consumer(sub)
             sub._close(connection_closed=True)
@@ -174,8 +177,12 @@ class Connection:
         if state is self._state:
             return
         self._state = state
-        log.info("aiobus %s: %s%s", self.settings.redacted_url(), state.value,
-                 f" ({reason})" if reason else "")
+        log.info(
+            "aiobus %s: %s%s",
+            self.settings.redacted_url(),
+            state.value,
+            f" ({reason})" if reason else "",
+        )
         self._emit(Event("state", state, reason=reason, endpoint=endpoint))
         waiter = self._state_changed
         if waiter is not None and not waiter.done():
@@ -218,7 +225,9 @@ class Connection:
                 endpoint = endpoints[index % len(endpoints)]
                 where = str(endpoint) if endpoint is not None else self.settings.path
                 try:
-                    link = await self._open_link(endpoint, first_deadline if not first.done() else None)
+                    link = await self._open_link(
+                        endpoint, first_deadline if not first.done() else None
+                    )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -244,10 +253,25 @@ class Connection:
                     delay = backoff.next_delay()
                     if not first.done():
                         delay = min(delay, max(0.0, first_deadline - now))
-                    log.warning("aiobus %s: attempt %d to %s failed: %s; next in %.3fs",
-                                self.settings.redacted_url(), failures, where, error, delay)
-                    self._emit(Event("attempt_failed", self._state, reason=str(error),
-                                     error=error, attempt=failures, delay=delay, endpoint=where))
+                    log.warning(
+                        "aiobus %s: attempt %d to %s failed: %s; next in %.3fs",
+                        self.settings.redacted_url(),
+                        failures,
+                        where,
+                        error,
+                        delay,
+                    )
+                    self._emit(
+                        Event(
+                            "attempt_failed",
+                            self._state,
+                            reason=str(error),
+                            error=error,
+                            attempt=failures,
+                            delay=delay,
+                            endpoint=where,
+                        )
+                    )
                     await asyncio.sleep(delay)
                     continue
 
@@ -272,11 +296,23 @@ class Connection:
                     backoff.reset()
                 index += 1
                 delay = backoff.next_delay()
-                log.warning("aiobus %s: link lost (%s); reconnecting in %.3fs",
-                            self.settings.redacted_url(), reason, delay)
+                log.warning(
+                    "aiobus %s: link lost (%s); reconnecting in %.3fs",
+                    self.settings.redacted_url(),
+                    reason,
+                    delay,
+                )
                 self._set_state(State.RECONNECTING, reason=str(reason), endpoint=where)
-                self._emit(Event("link_lost", State.RECONNECTING, reason=str(reason),
-                                 error=reason, delay=delay, endpoint=where))
+                self._emit(
+                    Event(
+                        "link_lost",
+                        State.RECONNECTING,
+                        reason=str(reason),
+                        error=reason,
+                        delay=delay,
+                        endpoint=where,
+                    )
+                )
                 await asyncio.sleep(delay)
         finally:
             if link is not None:
@@ -426,10 +462,22 @@ class Connection:
             self._id_counter += 1
             message_id = self._id_prefix + str(self._id_counter)
         msg = Outgoing(
-            topic, data, headers=headers, content_type=content_type, message_id=message_id,
-            correlation_id=correlation_id, reply_to=reply_to, ttl=ttl, priority=priority,
-            qos=qos, retain=retain, mandatory=mandatory, exchange=exchange,
-            persistent=persistent, confirm=confirm, outage=outage,
+            topic,
+            data,
+            headers=headers,
+            content_type=content_type,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            ttl=ttl,
+            priority=priority,
+            qos=qos,
+            retain=retain,
+            mandatory=mandatory,
+            exchange=exchange,
+            persistent=persistent,
+            confirm=confirm,
+            outage=outage,
         )
         self._link_cls.check_publish(self.settings, msg)
         if content_type is None:
@@ -487,8 +535,15 @@ class Connection:
         elif not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 1:
             raise ConfigError(f"prefetch must be a positive int, got {prefetch!r}")
         spec = SubscriptionSpec(
-            pattern=pattern, queue=queue, durable=durable, exclusive=exclusive,
-            prefetch=prefetch, qos=qos, no_ack=no_ack, exchange=exchange, extra=extra,
+            pattern=pattern,
+            queue=queue,
+            durable=durable,
+            exclusive=exclusive,
+            prefetch=prefetch,
+            qos=qos,
+            no_ack=no_ack,
+            exchange=exchange,
+            extra=extra,
         )
         self._link_cls.check_subscribe(self.settings, spec)
         return Subscription(self, spec)
@@ -536,4 +591,3 @@ def _stamp(event: Event, now: float) -> Event:
     from dataclasses import replace
 
     return replace(event, time=now)
-

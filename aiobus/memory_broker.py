@@ -12,11 +12,12 @@ fresh one.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import ConfigError
 from .topics import TopicMatcher, is_wildcard
@@ -80,7 +81,8 @@ class MemoryQueue:
         self._dispatching = False
 
     def __repr__(self) -> str:
-        return f"<MemoryQueue {self.name!r} {len(self.messages)} ready {len(self.consumers)} consumers>"
+        ready, consumers = len(self.messages), len(self.consumers)
+        return f"<MemoryQueue {self.name!r} {ready} ready {consumers} consumers>"
 
     def enqueue(self, stored: Stored) -> None:
         self.messages.append(stored)
@@ -113,7 +115,7 @@ class MemoryQueue:
         finally:
             self._dispatching = False
 
-    def requeue(self, stored: Iterator[Stored] | list[Stored]) -> None:
+    def requeue(self, stored: Iterable[Stored]) -> None:
         """Back to the head of the queue, in their original order, marked redelivered."""
         items = list(stored)
         for s in items:
@@ -122,7 +124,7 @@ class MemoryQueue:
 
 
 class MemoryBroker:
-    _registry: dict[str, MemoryBroker] = {}
+    _registry: ClassVar[dict[str, MemoryBroker]] = {}
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -141,6 +143,7 @@ class MemoryBroker:
         self._held: list[tuple[Any, Callable[[], None]]] = []
         self.published = 0
         self.connects = 0
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
     # -- the registry ----------------------------------------------------------------------
 
@@ -207,6 +210,26 @@ class MemoryBroker:
     def hold(self, link: Any, settle: Callable[[], None]) -> None:
         self._held.append((link, settle))
 
+    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait (bounded) until ``condition()`` holds; checked after every publish the broker
+        routes, so a test can wait for "10 messages written" without polling."""
+        if condition():
+            return
+        future = asyncio.get_running_loop().create_future()
+        entry = (condition, future)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    def _check_waiters(self) -> None:
+        for condition, future in list(self._waiters):
+            if not future.done() and condition():
+                future.set_result(None)
+
     # -- topology --------------------------------------------------------------------------
 
     def declare_queue(self, name: str, owner: MemoryLink | None) -> MemoryQueue:
@@ -254,6 +277,8 @@ class MemoryBroker:
     def route(self, stored: Stored) -> int:
         """Put a copy in every queue with a matching binding; returns how many."""
         self.published += 1
+        if self._waiters:
+            self._check_waiters()
         topic = stored.topic
         if stored.retain:
             if stored.body:

@@ -30,7 +30,9 @@ def encode_body(body: object) -> tuple[bytes, str | None]:
         try:
             return json.dumps(body, separators=(",", ":")).encode(), JSON
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"body is a {type(body).__name__} that JSON cannot encode: {exc}") from None
+            raise TypeError(
+                f"body is a {type(body).__name__} that JSON cannot encode: {exc}"
+            ) from None
     raise TypeError(
         f"body must be bytes, str, dict or list, not {type(body).__name__}; encode it yourself"
     )

@@ -274,7 +274,9 @@ class Outbox:
                 expired.append(msg)
         for msg in expired:
             what = "waiting to be sent" if msg.state == QUEUED else "waiting for the broker"
-            self._fail(msg, PublishTimeout(f"message {msg.message_id} still {what} at its deadline"))
+            self._fail(
+                msg, PublishTimeout(f"message {msg.message_id} still {what} at its deadline")
+            )
         nxt = min(
             by_deadline[0].deadline if by_deadline else float("inf"),
             early[0][0] if early else float("inf"),

@@ -100,9 +100,39 @@ class MqttOptions(CommonOptions):
 @dataclass(frozen=True, kw_only=True)
 class Amqp1Options(CommonOptions):
     container_id: str | None = None
+    """The AMQP open frame's container-id (a random one per connection if None)."""
+    hostname: str | None = None
+    """The open frame's hostname; default the host connected to (RabbitMQ 4: ``vhost:NAME``)."""
+    vhost: str | None = None
+    """Shorthand for ``hostname="vhost:NAME"`` (RabbitMQ 4 picks the virtual host from it)."""
+    server_hostname: str | None = None
+    """Name checked against the TLS certificate (and sent as SNI) when it differs from the
+    host connected to, e.g. ``localhost`` while connecting to 127.0.0.1."""
     presettled: bool = False
+    """Send every message pre-settled (fire-and-forget): a publish resolves once written."""
     sasl: Literal["auto", "PLAIN", "ANONYMOUS"] = "auto"
+    """auto: PLAIN when credentials are given, else ANONYMOUS."""
+    mandatory: bool = True
+    """A ``released`` outcome (RabbitMQ 4: no route) fails the publish with Unroutable; with
+    False it is a success (the broker dropped the message, as asked)."""
+    anonymous_relay: Literal["auto", "always", "never"] = "auto"
+    """One sender with a null target and ``to`` on each message (auto: when the broker offers
+    ANONYMOUS-RELAY, as RabbitMQ 4 does), or one sender per address, each in its own session."""
+    modified_retries: int = 3
+    """A ``modified`` outcome that is not undeliverable is sent again up to this many times."""
     max_message_size: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if 0 < self.heartbeat < 2:
+            # proton advertises half the value; RabbitMQ 4 refuses idle time-outs under 1 s.
+            raise ConfigError(
+                f"heartbeat (idle time-out) must be 0 or >= 2 s, got {self.heartbeat!r}"
+            )
+        if self.modified_retries < 0:
+            raise ConfigError(f"modified_retries must be >= 0, got {self.modified_retries!r}")
+        if self.hostname is not None and self.vhost is not None:
+            raise ConfigError("give hostname or vhost, not both")
 
 
 OPTIONS_BY_PROTOCOL: dict[str, type[CommonOptions]] = {
@@ -191,9 +221,7 @@ def coerce_text(name: str, text: str, hint: Any) -> Any:
         if hint is float:
             return float(text)
     except ValueError:
-        raise ConfigError(
-            f"option {name!r} must be a {hint.__name__}, got {text!r}"
-        ) from None
+        raise ConfigError(f"option {name!r} must be a {hint.__name__}, got {text!r}") from None
     return text
 
 
@@ -229,4 +257,3 @@ def check_type(name: str, value: Any, hint: Any) -> None:
         raise ConfigError(
             f"option {name!r} must be {hint.__name__}, got {type(value).__name__} {value!r}"
         )
-

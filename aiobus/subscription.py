@@ -110,7 +110,7 @@ class Subscription:
         self.consumer = None
         self._space_callback = None
         if self._buffer:
-            self._buffer = deque(d for d in self._buffer if not d.returns_on_loss or d.settled)
+            self._buffer = deque(d for d in self._buffer if not d.returns_on_loss)
 
     def _fail(self, error: BaseException) -> None:
         self._error = error

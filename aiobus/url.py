@@ -132,7 +132,9 @@ def _parse_one(url: str, kwargs: Mapping[str, Any]) -> Settings:
     scheme = scheme.lower()
     info = SCHEMES.get(scheme)
     if info is None:
-        raise ConfigError(f"unknown URL scheme {scheme!r} in {shown!r} (expected one of {_schemes()})")
+        raise ConfigError(
+            f"unknown URL scheme {scheme!r} in {shown!r} (expected one of {_schemes()})"
+        )
     rest, _, fragment = rest.partition("#")
     if fragment:
         raise ConfigError(f"URL {shown!r} has a fragment '#{fragment}', which means nothing here")
@@ -181,7 +183,9 @@ def _parse_one(url: str, kwargs: Mapping[str, Any]) -> Settings:
             f"TLS options (ca_file, certfile) given for the plain-text scheme {scheme}://; "
             f"use {_tls_scheme(scheme)}://"
         )
-    return Settings(scheme, info.protocol, endpoints, creds, vhost, info.tls, info.websocket, options)
+    return Settings(
+        scheme, info.protocol, endpoints, creds, vhost, info.tls, info.websocket, options
+    )
 
 
 def _endpoint(part: str, default_port: int, shown: str) -> Endpoint:

@@ -17,8 +17,11 @@ _NOT_SUITES = {"table", "__main__"}
 
 def suites() -> list[str]:
     here = str(Path(__file__).parent)
-    return sorted(m.name for m in pkgutil.iter_modules([here]) if m.name not in _NOT_SUITES
-                  and not m.name.startswith("_"))
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules([here])
+        if m.name not in _NOT_SUITES and not m.name.startswith("_")
+    )
 
 
 def main() -> None:

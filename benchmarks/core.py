@@ -41,6 +41,7 @@ async def confirmed_publishes(url: str, count: int) -> None:
 async def publish_to_receive(url: str, count: int) -> None:
     async with aiobus.connect(url, max_buffered=count + 1) as bus:
         async with bus.subscribe("bench.k", prefetch=1000) as sub:
+
             async def consume() -> None:
                 n = 0
                 async for msg in sub:
@@ -63,9 +64,7 @@ async def peak_memory_in_flight(url: str, count: int) -> float:
         before = tracemalloc.get_traced_memory()[0]
         broker.hold_confirms()
         futures = [bus.publish("bench.k", BODY) for _ in range(count)]
-        await bus.wait_connected()
-        while broker.published < count:
-            await asyncio.sleep(0)
+        await broker.until(lambda: broker.published == count, timeout=60)
         peak = tracemalloc.get_traced_memory()[1] - before
         tracemalloc.stop()
         broker.release_confirms()
@@ -89,10 +88,14 @@ async def run(args: argparse.Namespace) -> None:
     print_table(
         f"core on memory:// — {count:,} pipelined 256-byte messages, {rounds} rounds",
         [floor, pub, e2e],
-        {"aiobus confirmed publish": "plain futures + timer (floor)",
-         "aiobus publish -> receive + ack": "plain futures + timer (floor)"},
+        {
+            "aiobus confirmed publish": "plain futures + timer (floor)",
+            "aiobus publish -> receive + ack": "plain futures + timer (floor)",
+        },
     )
     mib = await peak_memory_in_flight("memory://bench-mem", count)
     MemoryBroker.drop("bench-mem")
-    print(f"peak memory with {count:,} messages in flight: {mib:.1f} MiB "
-          f"({mib * 1024 * 1024 / count:.0f} bytes per message, tracemalloc)")
+    print(
+        f"peak memory with {count:,} messages in flight: {mib:.1f} MiB "
+        f"({mib * 1024 * 1024 / count:.0f} bytes per message, tracemalloc)"
+    )

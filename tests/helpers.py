@@ -22,8 +22,9 @@ async def wait_for_state(events: AsyncIterator[Event], state: State, timeout: fl
     raise AssertionError(f"event stream ended before {state}")
 
 
-async def through_outage(bus: aiobus.Connection, fault: Callable[[], object],
-                         timeout: float = 5) -> None:
+async def through_outage(
+    bus: aiobus.Connection, fault: Callable[[], object], timeout: float = 5
+) -> None:
     """Run ``fault`` and return once the connection has lost its link and is connected again."""
     async with bus.events() as events:
         fault()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from ..errors import NotSupported
+from ..errors import ConfigError, NotSupported
 
 if TYPE_CHECKING:
     from ..auth import Credentials
@@ -150,6 +150,10 @@ class Link(ABC):
     @classmethod
     def check_subscribe(cls, settings: Settings, spec: SubscriptionSpec) -> None:
         """Raise InvalidTopic / ConfigError for what the protocol cannot honour."""
+        if spec.extra:
+            raise ConfigError(
+                f"unknown subscribe options for {cls.protocol}: {', '.join(sorted(spec.extra))}"
+            )
 
     # -- the wire -------------------------------------------------------------------------
 

@@ -46,7 +46,11 @@ class MemoryConsumer(Consumer):
     protocol: ClassVar[str] = "memory"
 
     def __init__(
-        self, hooks: LinkHooks, link: MemoryLink, queue: MemoryQueue, sink: DeliverySink,
+        self,
+        hooks: LinkHooks,
+        link: MemoryLink,
+        queue: MemoryQueue,
+        sink: DeliverySink,
         spec: SubscriptionSpec,
     ) -> None:
         super().__init__(hooks)
@@ -73,14 +77,23 @@ class MemoryConsumer(Consumer):
             self.unacked[tag] = stored
         self.sink.push(
             Delivery(
-                self, stored.topic, stored.body, tag=tag,
+                self,
+                stored.topic,
+                stored.body,
+                tag=tag,
                 headers=dict(stored.headers) if stored.headers else {},
-                content_type=stored.content_type, message_id=stored.message_id,
-                correlation_id=stored.correlation_id, reply_to=stored.reply_to,
+                content_type=stored.content_type,
+                message_id=stored.message_id,
+                correlation_id=stored.correlation_id,
+                reply_to=stored.reply_to,
                 timestamp=datetime.fromtimestamp(stored.timestamp, UTC),
-                redelivered=stored.redelivered, delivery_count=stored.delivery_count,
-                qos=stored.qos, retain=stored.retain, settled=self.no_ack,
-                returns_on_loss=not self.no_ack, raw=stored,
+                redelivered=stored.redelivered,
+                delivery_count=stored.delivery_count,
+                qos=stored.qos,
+                retain=stored.retain,
+                settled=self.no_ack,
+                returns_on_loss=not self.no_ack,
+                raw=stored,
             )
         )
 
@@ -122,11 +135,21 @@ class MemoryConsumer(Consumer):
 class MemoryLink(Link):
     protocol: ClassVar[str] = "memory"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        nack=True, unroutable=True, headers=True, priority=True, ttl=True, retain=True,
-        qos=True, shared_queue=True, delivery_count=True, topology=False,
+        nack=True,
+        unroutable=True,
+        headers=True,
+        priority=True,
+        ttl=True,
+        retain=True,
+        qos=True,
+        shared_queue=True,
+        delivery_count=True,
+        topology=False,
     )
 
-    def __init__(self, settings: Settings, endpoint: Any, credentials: Any, hooks: LinkHooks) -> None:
+    def __init__(
+        self, settings: Settings, endpoint: Any, credentials: Any, hooks: LinkHooks
+    ) -> None:
         super().__init__(settings, endpoint, credentials, hooks)
         self.broker = MemoryBroker.get(settings.path)
         opts = _options(settings)
@@ -147,11 +170,15 @@ class MemoryLink(Link):
         else:
             validate_routing_key(msg.topic)
             if msg.qos is not None:
-                raise ConfigError("qos is an MQTT option; this memory broker routes like AMQP "
-                                  "(use memory://name?topics=mqtt)")
+                raise ConfigError(
+                    "qos is an MQTT option; this memory broker routes like AMQP "
+                    "(use memory://name?topics=mqtt)"
+                )
             if msg.retain:
-                raise ConfigError("retain is an MQTT option; this memory broker routes like AMQP "
-                                  "(use memory://name?topics=mqtt)")
+                raise ConfigError(
+                    "retain is an MQTT option; this memory broker routes like AMQP "
+                    "(use memory://name?topics=mqtt)"
+                )
         if msg.priority is not None and (
             not isinstance(msg.priority, int) or not 0 <= msg.priority <= 255
         ):
@@ -181,9 +208,7 @@ class MemoryLink(Link):
             if self.credentials is not None:
                 given = (self.credentials.username, self.credentials.password)
             if given != broker.credentials:
-                raise AuthenticationError(
-                    f"memory broker {broker.name!r} refused the credentials"
-                )
+                raise AuthenticationError(f"memory broker {broker.name!r} refused the credentials")
         broker.connects += 1
         broker.links.add(self)
 
@@ -216,10 +241,18 @@ class MemoryLink(Link):
                 mono = mono or time.monotonic()
                 expires = mono + msg.ttl
             stored = Stored(
-                msg.topic, msg.body, headers=msg.headers, content_type=msg.content_type,
-                message_id=msg.message_id, correlation_id=msg.correlation_id,
-                reply_to=msg.reply_to, priority=msg.priority, qos=msg.qos, retain=msg.retain,
-                expires=expires, timestamp=now,
+                msg.topic,
+                msg.body,
+                headers=msg.headers,
+                content_type=msg.content_type,
+                message_id=msg.message_id,
+                correlation_id=msg.correlation_id,
+                reply_to=msg.reply_to,
+                priority=msg.priority,
+                qos=msg.qos,
+                retain=msg.retain,
+                expires=expires,
+                timestamp=now,
             )
             routed = broker.route(stored)
             mandatory = self.mandatory_default if msg.mandatory is None else msg.mandatory

@@ -13,12 +13,11 @@ import itertools
 import pkgutil
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
-
 
 _unique = itertools.count(1)
 

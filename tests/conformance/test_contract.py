@@ -25,8 +25,9 @@ async def test_round_trip_keeps_body_and_properties(target: Target) -> None:
     async with aiobus.connect(target.url, **target.options) as bus:
         async with bus.subscribe(topic) as sub:
             headers = {"tenant": "a"} if target.can_headers else None
-            await bus.publish(topic, {"id": 1}, headers=headers, correlation_id="c-1",
-                              message_id="m-1")
+            await bus.publish(
+                topic, {"id": 1}, headers=headers, correlation_id="c-1", message_id="m-1"
+            )
             msg = await sub.get(timeout=10)
             assert msg.topic == topic
             assert msg.json() == {"id": 1}
@@ -97,9 +98,10 @@ async def test_competing_consumers_share_a_queue(target: Target) -> None:
     topic = target.topic(target.unique(), "work")
     queue = target.unique("q")
     async with aiobus.connect(target.url, **target.options) as bus:
-        async with bus.subscribe(topic, queue=queue, prefetch=1) as a, bus.subscribe(
-            topic, queue=queue, prefetch=1
-        ) as b:
+        async with (
+            bus.subscribe(topic, queue=queue, prefetch=1) as a,
+            bus.subscribe(topic, queue=queue, prefetch=1) as b,
+        ):
             await asyncio.gather(*(bus.publish(topic, str(i)) for i in range(2)))
             first, second = await a.get(timeout=10), await b.get(timeout=10)
             assert {first.text(), second.text()} == {"0", "1"}

@@ -11,7 +11,9 @@ from aiobus.memory_broker import MemoryBroker
 from tests.helpers import other_tasks, through_outage
 
 
-async def test_ten_thousand_pipelined_publishes_keep_call_order(memory_broker: MemoryBroker) -> None:
+async def test_ten_thousand_pipelined_publishes_keep_call_order(
+    memory_broker: MemoryBroker,
+) -> None:
     async with aiobus.connect(memory_broker.url()) as bus:
         async with bus.subscribe("orders.#", queue="orders", prefetch=500) as sub:
             futures = [bus.publish(f"orders.{i % 7}", str(i)) for i in range(10_000)]
@@ -33,7 +35,7 @@ async def test_window_is_never_exceeded(memory_broker: MemoryBroker) -> None:
         memory_broker.hold_confirms()
         futures = [bus.publish("k", b"x") for _ in range(35)]
         for written in (10, 20, 30):
-            await _until(lambda n=written: memory_broker.published == n)
+            await memory_broker.until(lambda n=written: memory_broker.published == n)
             # Nothing more is settled, so nothing more may be written, however long we wait.
             for _ in range(50):
                 await asyncio.sleep(0)
@@ -41,17 +43,9 @@ async def test_window_is_never_exceeded(memory_broker: MemoryBroker) -> None:
             assert sum(f.done() for f in futures) == written - 10
             memory_broker.release_confirms()  # settles the 10 in flight...
             memory_broker.hold_confirms()  # ...and holds the next ones' outcomes again
-        await _until(lambda: memory_broker.published == 35)
+        await memory_broker.until(lambda: memory_broker.published == 35)
         memory_broker.release_confirms()
         await asyncio.gather(*futures)
-
-
-async def _until(condition: object, timeout: float = 5) -> None:
-    """Yield to the loop until ``condition()`` holds (bounded)."""
-    assert callable(condition)
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0)
 
 
 async def test_buffer_full_raises_at_the_call(memory_broker: MemoryBroker) -> None:
@@ -98,7 +92,7 @@ async def test_messages_in_flight_are_replayed_in_order_after_link_death(
         async with bus.subscribe("t", queue="q", prefetch=1000) as sub:
             memory_broker.hold_confirms()
             futures = [bus.publish("t", str(i)) for i in range(50)]
-            await _until(lambda: memory_broker.published == 50)
+            await memory_broker.until(lambda: memory_broker.published == 50)
             await through_outage(bus, memory_broker.kill_links)
             memory_broker.release_confirms()
             confirms = await asyncio.gather(*futures)
@@ -121,7 +115,7 @@ async def test_fail_policy_tells_written_from_never_sent(memory_broker: MemoryBr
     async with aiobus.connect(memory_broker.url(), outage="fail", backoff_initial=0.001) as bus:
         memory_broker.hold_confirms()
         written = bus.publish("k", b"x")
-        await _until(lambda: memory_broker.published == 1)
+        await memory_broker.until(lambda: memory_broker.published == 1)
         memory_broker.refuse_connections()
         memory_broker.kill_links()
         with pytest.raises(aiobus.LinkLost) as lost:
@@ -145,7 +139,7 @@ async def test_link_loss_is_noticed_at_once_not_at_the_deadline(
     async with aiobus.connect(memory_broker.url(), outage="fail") as bus:
         memory_broker.hold_confirms()
         fut = bus.publish("k", b"x", timeout=60)
-        await _until(lambda: memory_broker.published == 1)
+        await memory_broker.until(lambda: memory_broker.published == 1)
         memory_broker.kill_links()
         with pytest.raises(aiobus.LinkLost):
             async with asyncio.timeout(1):

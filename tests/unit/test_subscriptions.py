@@ -24,9 +24,10 @@ async def test_every_subscriber_gets_a_copy_without_a_queue_name(
 
 async def test_a_named_queue_is_shared_and_stays(memory_broker: MemoryBroker) -> None:
     async with aiobus.connect(memory_broker.url()) as bus:
-        async with bus.subscribe("jobs", queue="work", prefetch=1) as w1, bus.subscribe(
-            "jobs", queue="work", prefetch=1
-        ) as w2:
+        async with (
+            bus.subscribe("jobs", queue="work", prefetch=1) as w1,
+            bus.subscribe("jobs", queue="work", prefetch=1) as w2,
+        ):
             await asyncio.gather(*(bus.publish("jobs", str(i)) for i in range(4)))
             a, b = await w1.get(timeout=5), await w2.get(timeout=5)
             assert {a.text(), b.text()} == {"0", "1"}  # round robin between the two

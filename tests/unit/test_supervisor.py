@@ -58,7 +58,7 @@ async def test_refused_longer_than_connect_timeout_is_a_typed_error(
     memory_broker.refuse_connections()
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(aiobus.ConnectTimeout, match="connect_timeout=0.3") as err:
+    with pytest.raises(aiobus.ConnectTimeout, match=r"connect_timeout=0\.3") as err:
         async with aiobus.connect(memory_broker.url(), connect_timeout=0.3):
             pass
     assert isinstance(err.value.__cause__, aiobus.TransientConnectError)
@@ -96,8 +96,9 @@ async def test_credentials_callable_is_called_before_every_attempt(
         memory_broker.require_credentials("dev", token)  # the broker expects the newest token
         return aiobus.Credentials("dev", token)
 
-    async with aiobus.connect(memory_broker.url(), credentials=signed,
-                              backoff_initial=0.001) as bus:
+    async with aiobus.connect(
+        memory_broker.url(), credentials=signed, backoff_initial=0.001
+    ) as bus:
         for _ in range(3):
             await through_outage(bus, memory_broker.kill_links)
     assert tokens == ["token-0", "token-1", "token-2", "token-3"]
@@ -106,8 +107,7 @@ async def test_credentials_callable_is_called_before_every_attempt(
 async def test_credentials_that_start_failing_are_reported_while_retrying(
     memory_broker: MemoryBroker,
 ) -> None:
-    async with aiobus.connect(memory_broker.url(), backoff_initial=0.001,
-                              backoff_max=0.01) as bus:
+    async with aiobus.connect(memory_broker.url(), backoff_initial=0.001, backoff_max=0.01) as bus:
         async with bus.events() as events:
             memory_broker.require_credentials("someone", "else")
             memory_broker.kill_links()
@@ -189,8 +189,9 @@ async def test_cancelled_during_first_connect_leaves_nothing(memory_broker: Memo
         return ("u", "p")
 
     async def user() -> None:
-        async with aiobus.connect(memory_broker.url(), credentials=credentials,
-                                  backoff_initial=0.001):
+        async with aiobus.connect(
+            memory_broker.url(), credentials=credentials, backoff_initial=0.001
+        ):
             pass
 
     task = asyncio.create_task(user())
