@@ -66,7 +66,7 @@ class Connection:
         self.options = settings.options
         self._link_cls = link_cls if link_cls is not None else adapter_for(settings.protocol)
         self.protocol = self._link_cls.protocol
-        self.capabilities = self._link_cls.capabilities
+        self.capabilities = self._link_cls.capabilities_for(settings)
         self._state = State.IDLE
         self._hub = EventHub()
         self._outbox: Outbox | None = None

@@ -36,6 +36,13 @@ class Capabilities:
     shared_queue: bool = True
     delivery_count: bool = False
     topology: bool = False
+    correlation: bool = True
+    """A message carries ``correlation_id`` and ``reply_to`` (not on MQTT 3.1.1)."""
+    reply: str = "topic"
+    """How a requester receives replies: ``"topic"`` is a private subscription on a reply topic
+    (any transport with per-connection subscriptions); adapters may name a native mechanism
+    (RabbitMQ direct reply-to, an AMQP 1.0 dynamic node, an MQTT 5 response topic) that the
+    service layer then uses instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +146,12 @@ class Link(ABC):
         self.hooks = hooks
         #: A cap the broker imposes on unsettled publishes (MQTT receive maximum, credit).
         self.max_in_flight: int | None = None
+
+    @classmethod
+    def capabilities_for(cls, settings: Settings) -> Capabilities:
+        """What this protocol can do with these settings (MQTT 3.1.1 and 5 differ); by default
+        the class's ``capabilities``."""
+        return cls.capabilities
 
     # -- checks made at the call, before anything is queued -------------------------------
 
