@@ -38,6 +38,18 @@ from .url import Settings
 
 __version__ = "0.1.0"
 
+_PROTOCOL_MODULES = ("amqp", "amqp1", "mqtt")
+
+
+def __getattr__(name: str) -> Any:
+    # ``aiobus.amqp.connect(...)`` works after a plain ``import aiobus``; the protocol modules
+    # (and their drivers) load only when used, which keeps ``import aiobus`` fast.
+    if name in _PROTOCOL_MODULES:
+        import importlib
+
+        return importlib.import_module(f"aiobus.{name}")
+    raise AttributeError(f"module 'aiobus' has no attribute {name!r}")
+
 
 def connect(url: str | Sequence[str], **options: Any) -> Connection:
     """A connection to use as ``async with aiobus.connect(url) as bus``.

@@ -43,19 +43,24 @@ log = logging.getLogger("aiobus")
 _OPEN_STATES = (State.CONNECTING, State.CONNECTED, State.RECONNECTING)
 
 
-def as_connect_error(exc: BaseException) -> ConnectError:
-    """Sort an attempt's failure into retry-worthy or not; unknown errors are not retried, so
-    a bug shows at once instead of as a 30-second connect timeout."""
+def as_connect_error(exc: BaseException) -> tuple[bool, BaseException]:
+    """Sort an attempt's failure: (permanent?, the error to report).
+
+    aiobus errors keep their type (a ``TopologyMismatch`` at first connect is raised as
+    itself); unknown errors are not retried, so a bug shows at once instead of as a
+    30-second connect timeout.
+    """
     if isinstance(exc, ConnectError):
-        return exc
-    if isinstance(exc, (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError)):
+        return exc.permanent, exc
+    if isinstance(exc, (LinkDown, OSError, TimeoutError, EOFError, asyncio.IncompleteReadError)):
         err: ConnectError = TransientConnectError(f"{type(exc).__name__}: {exc}")
-    elif isinstance(exc, AiobusError):
-        err = PermanentConnectError(f"{type(exc).__name__}: {exc}")
-    else:
-        err = PermanentConnectError(f"unexpected {type(exc).__name__} while connecting: {exc}")
+        err.__cause__ = exc
+        return False, err
+    if isinstance(exc, AiobusError):
+        return True, exc
+    err = PermanentConnectError(f"unexpected {type(exc).__name__} while connecting: {exc}")
     err.__cause__ = exc
-    return err
+    return True, err
 
 
 class Connection:
@@ -231,12 +236,12 @@ class Connection:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    error = as_connect_error(exc)
+                    permanent, error = as_connect_error(exc)
                     failures += 1
                     index += 1
                     now = loop.time()
                     if not first.done():
-                        if error.permanent:
+                        if permanent:
                             first.set_exception(error)
                             return
                         if now >= first_deadline:
@@ -401,7 +406,7 @@ class Connection:
         except Exception as exc:  # the link is gone either way; say why it did not close well
             log.debug("aiobus: closing a link failed: %r", exc)
 
-    def _give_up(self, error: ConnectError, attempts: int) -> None:
+    def _give_up(self, error: BaseException, attempts: int) -> None:
         reason = f"gave up after {attempts} failed attempts (max_attempts): {error}"
         log.error("aiobus %s: %s", self.settings.redacted_url(), reason)
         self._closing = True

@@ -84,8 +84,9 @@ def map_connect_error(exc: BaseException) -> BaseException:
         return PermanentConnectError(
             f"the broker refused access (unknown vhost or no permission): {exc}"
         )
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return PermanentConnectError(f"TLS verification failed: {exc}")
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return PermanentConnectError(f"TLS verification failed: {cause}")
     if isinstance(exc, (OSError, TimeoutError, amqp_errors.AMQPConnectionError, EOFError)):
         return TransientConnectError(f"{type(exc).__name__}: {exc}")
     return exc
@@ -121,7 +122,13 @@ class Amqp091Consumer(Consumer):
         props = message.header.properties
         headers: dict[str, Any] = dict(props.headers) if props.headers else {}
         count = headers.get("x-delivery-count")
-        delivery_count = int(count) + 1 if isinstance(count, int) else None
+        redelivered = bool(message.redelivered)
+        # Quorum queues count earlier deliveries in x-delivery-count; a first delivery is
+        # always number 1; a classic queue's redelivery has no count to tell.
+        if isinstance(count, int):
+            delivery_count: int | None = count + 1
+        else:
+            delivery_count = None if redelivered else 1
         tag = message.delivery_tag
         timestamp = props.timestamp
         if timestamp is not None and timestamp.tzinfo is None:
@@ -510,12 +517,13 @@ class Amqp091Link(Link):
                 f"{_reply_text(exc)}"
             ) from None
         channel.close_callbacks.add(lambda _, exc: self._consumer_channel_closed(consumer, exc))
+        raw.on_consumer_cancel_callbacks.add(
+            lambda frame: self._consumer_channel_closed(consumer, f"basic.cancel {frame!r}")
+        )
         self._consumers.append(consumer)
         return consumer
 
-    def _consumer_channel_closed(
-        self, consumer: Amqp091Consumer, exc: BaseException | None
-    ) -> None:
+    def _consumer_channel_closed(self, consumer: Amqp091Consumer, exc: object) -> None:
         if consumer.cancelled:
             return
         # The broker ended the consumer (queue deleted, basic.cancel, channel error): start
