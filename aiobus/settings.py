@@ -90,11 +90,53 @@ class MqttOptions(CommonOptions):
     protocol: Literal[4, 5] = 4
     """4 is MQTT 3.1.1 (its protocol level), 5 is MQTT 5."""
     client_id: str | None = None
+    """None: one is generated per connection and kept across its reconnects."""
     qos: Literal[0, 1, 2] = 1
+    """Default QoS of publishes and subscriptions."""
     clean_session: bool = True
+    """MQTT 3.1.1 clean session / MQTT 5 clean start on the first connect. False resumes the
+    session the broker kept for this client id."""
     session_expiry: int = 0
+    """MQTT 5: seconds the broker keeps the session after a disconnect (0: ends with the link).
+    > 0 makes reconnects resume the session (messages queued while offline arrive)."""
+    receive_maximum: int | None = None
+    """MQTT 5: unacknowledged QoS 1/2 messages the broker may send at once (None: 65,535)."""
     max_message_size: int = 256 * 1024 * 1024 - 1
+    """Largest payload accepted at the call; lowered by the broker's MQTT 5 Maximum Packet Size."""
     will: Any = field(default=None, metadata=KW_ONLY)
+    """Last will: ``aiobus.mqtt.Will(topic, payload, qos=, retain=)`` or a dict of those."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.session_expiry < 0 or self.session_expiry > 0xFFFFFFFF:
+            raise ConfigError(f"session_expiry must be 0-4294967295, got {self.session_expiry!r}")
+        if self.session_expiry and self.protocol != 5:
+            raise ConfigError("session_expiry is an MQTT 5 option (protocol=5); on MQTT 3.1.1 "
+                              "use clean_session=False")
+        if self.receive_maximum is not None:
+            if self.protocol != 5:
+                raise ConfigError("receive_maximum is an MQTT 5 option (protocol=5)")
+            if not 1 <= self.receive_maximum <= 65535:
+                raise ConfigError(
+                    f"receive_maximum must be 1-65535, got {self.receive_maximum!r}"
+                )
+        if self.client_id is not None and len(self.client_id.encode()) > 65535:
+            raise ConfigError("client_id is longer than 65,535 bytes")
+        if self.heartbeat > 65535:
+            raise ConfigError(f"heartbeat (MQTT keep-alive) must be <= 65535 s, got "
+                              f"{self.heartbeat!r}")
+        _positive(self, "max_message_size")
+        if self.will is not None:
+            from .mqtt import Will  # here, not at the top: aiobus.mqtt imports the core
+            from .topics import validate_mqtt_topic
+
+            will = Will.coerce(self.will)
+            validate_mqtt_topic(will.topic)
+            if will.qos not in (0, 1, 2):
+                raise ConfigError(f"will qos must be 0, 1 or 2, got {will.qos!r}")
+            if (will.delay or will.headers) and self.protocol != 5:
+                raise ConfigError("will delay and headers need MQTT 5 (protocol=5)")
+            object.__setattr__(self, "will", will)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,898 @@
+"""The ``amqp1://`` / ``amqp1s://`` adapter: proton's protocol engine driven from asyncio.
+
+No thread and no proton reactor: bytes read from the socket go into ``proton.Transport``, the
+collector's events are handled here, and the transport's output is written back in one write
+per batch (a publish batch, a read, or one loop turn of acks). TLS is asyncio's; the idle
+time-out is a timer on the loop that calls ``transport.tick``.
+
+Every receiver, and every per-address sender, lives in its own session: RabbitMQ answers a bad
+address by ending the whole session (``amqp:not-found``), which then takes only that one link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import proton
+from proton import Disposition, Event, Terminus
+
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    InvalidTopic,
+    LinkDown,
+    MessageTooLarge,
+    Nacked,
+    PermanentConnectError,
+    ProtocolMismatch,
+    SubscriptionError,
+    TransientConnectError,
+    Unroutable,
+)
+from ..message import Delivery
+from ..settings import Amqp1Options
+from . import amqp10_codec as codec
+from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
+
+if TYPE_CHECKING:
+    from ..auth import Credentials
+    from ..publishing import Outgoing
+    from ..url import Endpoint, Settings
+
+ACCEPTED = Disposition.ACCEPTED
+REJECTED = Disposition.REJECTED
+RELEASED = Disposition.RELEASED
+MODIFIED = Disposition.MODIFIED
+
+_AMQP10_HEADERS = (b"AMQP\x00\x01\x00\x00", b"AMQP\x03\x01\x00\x00")
+# Conditions after which retrying the same connect cannot help.
+_PERMANENT_CONDITIONS = {
+    "amqp:unauthorized-access",
+    "amqp:not-found",
+    "amqp:not-allowed",
+    "amqp:not-implemented",
+    "amqp:invalid-field",
+}
+_link_names = itertools.count(1)
+
+
+def _options(settings: Settings) -> Amqp1Options:
+    opts = settings.options
+    assert isinstance(opts, Amqp1Options)
+    return opts
+
+
+def _condition_text(cond: Any) -> tuple[str, str | None]:
+    """(description, condition name) of a proton Condition, or a placeholder."""
+    if cond is None:
+        return "no reason given", None
+    name = str(cond.name) if cond.name else None
+    return (str(cond.description) if cond.description else (name or "no reason given")), name
+
+
+def validate_address(address: str, *, publishing: bool) -> None:
+    """Addresses are the broker's own names; refuse only what no broker accepts, and routing
+    keys with wildcards on publish (a pattern is never a destination)."""
+    if not isinstance(address, str):
+        raise InvalidTopic(f"an AMQP 1.0 address must be a str, not {type(address).__name__}")
+    if not address:
+        raise InvalidTopic("an AMQP 1.0 address must not be empty")
+    if len(address.encode()) > 65535:
+        raise InvalidTopic("an AMQP 1.0 address must be at most 65535 bytes")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
+        raise InvalidTopic(f"control character in AMQP 1.0 address {address!r}")
+    if address.startswith("/queues/") and len(address) == len("/queues/"):
+        raise InvalidTopic(f"address {address!r} names no queue")
+    if address.startswith("/exchanges/") and len(address) == len("/exchanges/"):
+        raise InvalidTopic(f"address {address!r} names no exchange")
+    if publishing:
+        for prefix in ("/exchanges/", "/exchange/", "/topic/"):
+            if address.startswith(prefix):
+                rest = address[len(prefix) :]
+                key = rest if prefix == "/topic/" else rest.partition("/")[2]
+                words = key.split(".")
+                if "*" in words or "#" in words:
+                    raise InvalidTopic(
+                        f"routing key {key!r} in address {address!r} is a pattern; publish to "
+                        "a concrete key"
+                    )
+
+
+# --- links inside the connection ---------------------------------------------------------------
+
+
+class _SenderState:
+    """One proton sender, the messages waiting for its credit, and those awaiting outcomes."""
+
+    __slots__ = (
+        "address",
+        "attached",
+        "error",
+        "link",
+        "queue",
+        "retries",
+        "sender",
+        "session",
+        "unsettled",
+    )
+
+    def __init__(self, link: Amqp10Link, address: str | None) -> None:
+        self.link = link
+        self.address = address
+        self.session = link.conn.session()
+        self.session.open()
+        self.sender = self.session.sender(f"aiobus-send-{next(_link_names)}")
+        if address is not None:  # None: the anonymous terminus (each message says ``to``)
+            self.sender.target.address = address
+        self.sender.open()
+        self.queue: deque[Outgoing] = deque()
+        self.unsettled: dict[str, Outgoing] = {}
+        self.retries: dict[int, int] = {}
+        self.attached = False
+        self.error: BaseException | None = None
+
+    def pump(self) -> None:
+        """Write queued messages within link credit: nothing is sent without credit."""
+        queue = self.queue
+        if not queue:
+            return
+        sender = self.sender
+        credit = sender.credit
+        if credit <= 0:
+            return
+        link = self.link
+        unsettled = self.unsettled
+        presettled = link.presettled
+        address = self.address
+        tags = link.tags
+        durable_default = link.durable
+        while credit > 0 and queue:
+            msg = queue.popleft()
+            credit -= 1
+            tag = str(next(tags))
+            dlv = sender.delivery(tag)
+            sender.stream(
+                codec.encode(
+                    to=msg.topic if address is None else None,
+                    body=msg.body,
+                    message_id=msg.message_id,
+                    correlation_id=msg.correlation_id,
+                    reply_to=msg.reply_to,
+                    content_type=msg.content_type,
+                    headers=msg.headers,
+                    durable=durable_default if msg.persistent is None else msg.persistent,
+                    priority=msg.priority,
+                    ttl=msg.ttl,
+                )
+            )
+            sender.advance()
+            if presettled or not msg.confirm:
+                dlv.settle()
+                link.written.append(msg)
+            else:
+                msg.tag = tag
+                unsettled[tag] = msg
+
+    def on_delivery(self, dlv: Any) -> None:
+        if not dlv.updated:
+            return
+        msg = self.unsettled.pop(dlv.tag, None)
+        state = dlv.remote_state
+        dlv.settle()
+        if msg is None:
+            return
+        hooks = self.link.hooks
+        if state == ACCEPTED:
+            hooks.settled(msg, msg.tag)
+        elif state == REJECTED:
+            reason, code = _condition_text(dlv.remote.condition)
+            hooks.failed(msg, Nacked(f"rejected by {msg.topic!r}: {reason}", code=code))
+        elif state == RELEASED:
+            if self.link.mandatory if msg.mandatory is None else msg.mandatory:
+                hooks.failed(
+                    msg,
+                    Unroutable(
+                        f"released by the broker: nothing routed {msg.topic!r}", code="released"
+                    ),
+                )
+            else:
+                hooks.settled(msg, msg.tag)
+        elif state == MODIFIED:
+            remote = dlv.remote
+            tries = self.retries.pop(msg.seq, 0)
+            if remote.undeliverable or tries >= self.link.modified_retries:
+                hooks.failed(
+                    msg,
+                    Nacked(
+                        f"modified (undeliverable={remote.undeliverable}) by {msg.topic!r}",
+                        code="modified",
+                    ),
+                )
+            else:
+                # The broker asks for another try: the same link, at the end of its queue.
+                self.retries[msg.seq] = tries + 1
+                self.queue.append(msg)
+                self.pump()
+        else:
+            hooks.failed(msg, Nacked(f"unexpected outcome {state!r}", code=str(state)))
+
+    def fail_all(self, error: BaseException) -> None:
+        """The broker ended this sender (e.g. a missing target): its messages fail, typed."""
+        self.error = error
+        hooks = self.link.hooks
+        for msg in list(self.unsettled.values()) + list(self.queue):
+            hooks.failed(msg, error)
+        self.unsettled.clear()
+        self.queue.clear()
+
+
+class _ReceiverState:
+    __slots__ = ("attached", "consumer", "receiver", "session")
+
+    def __init__(self, receiver: Any, session: Any, consumer: Amqp10Consumer) -> None:
+        self.receiver = receiver
+        self.session = session
+        self.consumer = consumer
+        self.attached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_delivery(self, dlv: Any) -> None:
+        if not dlv.readable or dlv.partial:
+            return
+        receiver = self.receiver
+        data = receiver.recv(dlv.pending)
+        receiver.advance()
+        self.consumer.deliver(dlv, data)
+
+
+class Amqp1Raw:
+    """``Delivery.raw`` on AMQP 1.0: proton's delivery and the decoded message."""
+
+    __slots__ = ("delivery", "message", "subject")
+
+    def __init__(self, delivery: Any, message: Any, subject: str | None) -> None:
+        self.delivery = delivery
+        self.message = message
+        self.subject = subject
+
+
+class Amqp10Consumer(Consumer):
+    protocol: ClassVar[str] = "amqp10"
+
+    def __init__(
+        self, hooks: LinkHooks, link: Amqp10Link, spec: SubscriptionSpec, sink: DeliverySink
+    ) -> None:
+        super().__init__(hooks)
+        self.link = link
+        self.address = spec.pattern
+        self.sink = sink
+        self.no_ack = spec.no_ack
+        self.prefetch = spec.prefetch
+        self.state: _ReceiverState | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tags = itertools.count(1)
+
+    def deliver(self, dlv: Any, data: bytes) -> None:
+        message = proton.Message()
+        message.decode(data)
+        fields = codec.decoded_fields(message)
+        no_ack = self.no_ack
+        if no_ack:
+            dlv.settle()
+        count = fields["delivery_count"] or 0
+        self.sink.push(
+            Delivery(
+                self,
+                fields["to"] or self.address,
+                fields["body"],
+                tag=next(self._tags),
+                headers=fields["headers"],
+                content_type=fields["content_type"],
+                message_id=fields["message_id"],
+                correlation_id=fields["correlation_id"],
+                reply_to=fields["reply_to"],
+                timestamp=fields["timestamp"],
+                redelivered=count > 0 or fields["first_acquirer"] is False,
+                delivery_count=count,
+                settled=no_ack,
+                returns_on_loss=not no_ack,
+                raw=Amqp1Raw(dlv, message, fields["subject"]),
+            )
+        )
+
+    def _settle(self, delivery: Delivery, outcome: Any, *, failed: bool = False) -> None:
+        raw = delivery.raw
+        assert isinstance(raw, Amqp1Raw)
+        dlv = raw.delivery
+        if failed:
+            dlv.local.failed = True
+        dlv.update(outcome)
+        dlv.settle()
+        state = self.state
+        if state is not None and not self.cancelled:
+            state.receiver.flow(1)  # credit follows settlement: at most prefetch unsettled
+        self.link.kick()
+
+    async def ack(self, delivery: Delivery) -> None:
+        self._settle(delivery, ACCEPTED)
+
+    async def nack(self, delivery: Delivery, requeue: bool) -> None:
+        if requeue:
+            self._settle(delivery, MODIFIED, failed=True)  # the broker counts the redelivery
+        else:
+            self._settle(delivery, REJECTED)
+
+    async def release(self, delivery: Delivery) -> None:
+        """Back to the queue without counting a failed delivery (AMQP 1.0 ``released``)."""
+        self._settle(delivery, RELEASED)
+
+    def _space(self) -> None:
+        """no_ack: the broker's deliveries are pre-settled, so credit follows the buffer."""
+        state = self.state
+        if state is not None and not self.cancelled and self._hooks.alive:
+            state.receiver.flow(1)
+            self.link.kick()
+
+    async def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        state = self.state
+        if state is None or not self._hooks.alive:
+            return
+        state.receiver.close()  # detach closed: unsettled deliveries return to the queue
+        state.session.close()
+        self.link.kick()
+        if not self.closed.done():
+            await asyncio.wait({self.closed, self.link.dead}, return_when=asyncio.FIRST_COMPLETED)
+
+
+# --- the link -----------------------------------------------------------------------------
+
+
+class Amqp10Link(Link, asyncio.Protocol):
+    protocol: ClassVar[str] = "amqp10"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        nack=True,
+        unroutable=True,
+        headers=True,
+        priority=True,
+        ttl=True,
+        retain=False,
+        qos=False,
+        shared_queue=False,
+        delivery_count=True,
+        topology=False,
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        endpoint: Endpoint | None,
+        credentials: Credentials | None,
+        hooks: LinkHooks,
+    ) -> None:
+        super().__init__(settings, endpoint, credentials, hooks)
+        opts = _options(settings)
+        self.opts = opts
+        self.loop = asyncio.get_running_loop()
+        self.presettled = opts.presettled
+        self.mandatory = opts.mandatory
+        self.modified_retries = opts.modified_retries
+        self.durable = True
+        self.tags = itertools.count(1)
+        self.written: list[Outgoing] = []  # pre-settled messages to settle once on the socket
+        self.conn = proton.Connection()
+        self.transport = proton.Transport()
+        self.collector = proton.Collector()
+        self.conn.collect(self.collector)
+        self._sock: asyncio.Transport | None = None
+        self._header = b""
+        self._states: dict[Any, Any] = {}
+        self._anon: _SenderState | None = None
+        self._senders: dict[str, _SenderState] = {}
+        self._use_anon = False
+        self._opened: asyncio.Future[None] = self.loop.create_future()
+        self.dead: asyncio.Future[None] = self.loop.create_future()
+        self._sock_closed: asyncio.Future[None] = self.loop.create_future()
+        self._kick_handle: asyncio.Handle | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._tick_when = 0.0
+        self._error: BaseException | None = None
+        self._closing = False
+        self._sasl: Any = None
+        self._handlers = {
+            Event.DELIVERY: self._on_delivery,
+            Event.LINK_FLOW: self._on_flow,
+            Event.CONNECTION_REMOTE_OPEN: self._on_connection_open,
+            Event.CONNECTION_REMOTE_CLOSE: self._on_connection_close,
+            Event.SESSION_REMOTE_CLOSE: self._on_session_close,
+            Event.LINK_REMOTE_OPEN: self._on_link_open,
+            Event.LINK_REMOTE_CLOSE: self._on_link_close,
+            Event.TRANSPORT_ERROR: self._on_transport_error,
+            Event.TRANSPORT_CLOSED: self._on_transport_closed,
+        }
+
+    # -- checks at the call ------------------------------------------------------------------
+
+    @classmethod
+    def check_publish(cls, settings: Settings, msg: Outgoing) -> None:
+        opts = _options(settings)
+        validate_address(msg.topic, publishing=True)
+        if msg.qos is not None:
+            raise ConfigError("qos is an MQTT option; AMQP 1.0 settles with outcomes")
+        if msg.retain:
+            raise ConfigError("retain is an MQTT option; AMQP 1.0 has no retained messages")
+        if msg.exchange is not None:
+            raise ConfigError(
+                "exchange= does not apply to AMQP 1.0: the address names it "
+                "(RabbitMQ 4: /exchanges/NAME/KEY)"
+            )
+        if msg.priority is not None and (
+            not isinstance(msg.priority, int)
+            or isinstance(msg.priority, bool)
+            or not 0 <= msg.priority <= 255
+        ):
+            raise ConfigError(f"priority must be an int from 0 to 255, got {msg.priority!r}")
+        if msg.ttl is not None and msg.ttl * 1000 >= 2**32:
+            raise ConfigError(f"ttl {msg.ttl!r} s is over AMQP 1.0's 32-bit milliseconds")
+        if msg.headers:
+            codec.check_headers(msg.headers)
+        if len(msg.body) > opts.max_message_size:
+            raise MessageTooLarge(len(msg.body), opts.max_message_size)
+
+    @classmethod
+    def check_subscribe(cls, settings: Settings, spec: SubscriptionSpec) -> None:
+        validate_address(spec.pattern, publishing=False)
+        for name in ("queue", "durable", "exclusive"):
+            if getattr(spec, name) is not None:
+                raise ConfigError(
+                    f"{name}= does not apply to an AMQP 1.0 address: the address names the "
+                    f"queue (RabbitMQ 4: /queues/NAME), got {spec.pattern!r}"
+                )
+        if spec.exchange is not None:
+            raise ConfigError("exchange= does not apply to an AMQP 1.0 address")
+        if spec.qos is not None:
+            raise ConfigError("qos is an MQTT option; AMQP 1.0 settles with outcomes")
+        if spec.extra:
+            raise ConfigError(f"unknown subscribe options for amqp1://: {sorted(spec.extra)}")
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        opts = self.opts
+        try:
+            ctx = ssl.create_default_context(cafile=opts.ca_file)
+            if opts.certfile:
+                ctx.load_cert_chain(opts.certfile, opts.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load TLS files: {exc}") from exc
+        if not opts.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def open(self) -> None:
+        opts = self.opts
+        endpoint = self.endpoint
+        assert endpoint is not None
+        conn = self.conn
+        transport = self.transport
+        conn.container = opts.container_id or f"aiobus-{secrets.token_hex(6)}"
+        if opts.hostname is not None:
+            conn.hostname = opts.hostname
+        elif opts.vhost is not None:
+            conn.hostname = f"vhost:{opts.vhost}"
+        else:
+            conn.hostname = endpoint.host
+        creds = self.credentials
+        sasl = transport.sasl()
+        mech = opts.sasl
+        if mech == "auto":
+            mech = "PLAIN" if creds is not None and creds.password is not None else "ANONYMOUS"
+        sasl.allowed_mechs(mech)
+        if mech == "PLAIN":
+            if creds is None:
+                raise ConfigError("sasl=PLAIN needs credentials (user:password@ in the URL)")
+            # The scheme is the user's choice (amqp1:// is plain text, like amqp://).
+            sasl.allow_insecure_mechs = True
+            conn.user = creds.username
+            conn.password = creds.password or ""
+        self._sasl = sasl
+        if opts.heartbeat:
+            transport.idle_timeout = opts.heartbeat
+        transport.bind(conn)
+        conn.open()
+        ssl_ctx = self._ssl_context() if self.settings.tls else None
+        server_hostname = None
+        if ssl_ctx is not None:
+            server_hostname = opts.server_hostname or endpoint.host
+        try:
+            await self.loop.create_connection(
+                lambda: self,
+                endpoint.host,
+                endpoint.port,
+                ssl=ssl_ctx,
+                server_hostname=server_hostname,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise PermanentConnectError(
+                f"TLS verification of {endpoint} failed: {exc.verify_message}"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise PermanentConnectError(f"TLS handshake with {endpoint} failed: {exc}") from exc
+        except OSError as exc:
+            raise TransientConnectError(f"cannot connect to {endpoint}: {exc}") from exc
+        try:
+            await asyncio.shield(self._opened)
+        except BaseException:
+            self._abort()
+            raise
+        offered = conn.remote_offered_capabilities or ()
+        relay = any(str(c) == "ANONYMOUS-RELAY" for c in offered)
+        choice = opts.anonymous_relay
+        self._use_anon = choice == "always" or (choice == "auto" and relay)
+        if self._use_anon:
+            self._anon = self._add_sender(None)
+            self.flush()
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._sock = transport
+        self.flush()
+        self._schedule_tick()
+
+    def data_received(self, data: bytes) -> None:
+        if len(self._header) < 8:
+            need = 8 - len(self._header)
+            self._header += data[:need]
+            prefix = self._header[:4]
+            if b"AMQP"[: len(prefix)] != prefix:
+                self._mismatch()
+                return
+            if len(self._header) == 8 and self._header not in _AMQP10_HEADERS:
+                self._mismatch()
+                return
+        transport = self.transport
+        view = memoryview(data)
+        while view:
+            cap = transport.capacity()
+            if cap <= 0:
+                if cap < 0:
+                    break  # input side closed: the events below say why
+                self._process()
+                cap = transport.capacity()
+                if cap <= 0:
+                    break
+            chunk = view[:cap]
+            transport.push(bytes(chunk))
+            view = view[len(chunk) :]
+            self._process()
+        self._process()
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        self.transport.close_tail()
+        self._process()
+        self._die(LinkDown("the broker closed the connection"))
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._sock_closed.done():
+            self._sock_closed.set_result(None)
+        if not self._closing:
+            self.transport.close_tail()
+            self._process()
+        self._die(LinkDown(f"connection lost: {exc}" if exc else "connection closed"))
+
+    def _mismatch(self) -> None:
+        header = self._header
+        if header.startswith(b"AMQP") and header[4:8] == b"\x00\x00\x09\x01":
+            text = (
+                "the server answered with the AMQP 0-9-1 protocol header: it does not "
+                "speak AMQP 1.0 here; use amqp:// (or amqps://) for AMQP 0-9-1"
+            )
+        else:
+            text = f"the server does not speak AMQP 1.0 (it answered {header!r})"
+        self._die(ProtocolMismatch(text))
+
+    # -- the engine ----------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        collector = self.collector
+        handlers = self._handlers
+        while True:
+            ev = collector.peek()
+            if ev is None:
+                break
+            handler = handlers.get(ev.type)
+            if handler is not None:
+                handler(ev)
+            collector.pop()
+
+    def flush(self) -> None:
+        """Write whatever the engine has to say, in one write."""
+        sock = self._sock
+        transport = self.transport
+        if sock is None:
+            return
+        chunks: list[bytes] = []
+        while True:
+            n = transport.pending()
+            if n <= 0:
+                break
+            out = transport.peek(n)
+            transport.pop(n)
+            if out:
+                chunks.append(out)
+        if chunks and not sock.is_closing():
+            sock.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+        written = self.written
+        if written:
+            self.written = []
+            hooks = self.hooks
+            for msg in written:
+                hooks.settled(msg, None)
+
+    def kick(self) -> None:
+        """Flush at the end of this loop turn: settlements made together leave together."""
+        if self._kick_handle is None:
+            self._kick_handle = self.loop.call_soon(self._kicked)
+
+    def _kicked(self) -> None:
+        self._kick_handle = None
+        self._process()
+        self.flush()
+
+    def _schedule_tick(self) -> None:
+        if not self.opts.heartbeat or self.dead.done():
+            return
+        deadline = self.transport.tick(self.loop.time())
+        self._process()
+        self.flush()
+        if deadline > 0 and not self.dead.done():
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
+            self._tick_handle = self.loop.call_at(deadline, self._tick)
+
+    def _tick(self) -> None:
+        self._tick_handle = None
+        self._schedule_tick()
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _on_delivery(self, ev: Any) -> None:
+        dlv = ev.context
+        state = self._states.get(dlv.link)
+        if state is not None:
+            state.on_delivery(dlv)
+
+    def _on_flow(self, ev: Any) -> None:
+        state = self._states.get(ev.link)
+        if isinstance(state, _SenderState):
+            state.pump()
+
+    def _on_connection_open(self, ev: Any) -> None:
+        if not self._opened.done():
+            self._opened.set_result(None)
+
+    def _on_connection_close(self, ev: Any) -> None:
+        reason, code = _condition_text(self.conn.remote_condition)
+        if self._closing:
+            return
+        self.conn.close()
+        self.flush()
+        if code in _PERMANENT_CONDITIONS and not self._opened.done():
+            self._die(
+                PermanentConnectError(f"the broker refused the connection: {reason} ({code})")
+            )
+        else:
+            self._die(LinkDown(f"the broker closed the connection: {reason} ({code})"))
+
+    def _on_session_close(self, ev: Any) -> None:
+        session = ev.session
+        reason, code = _condition_text(session.remote_condition)
+        for link_obj, state in list(self._states.items()):
+            if state.session == session:
+                self._link_ended(link_obj, state, reason, code)
+        session.close()
+
+    def _on_link_open(self, ev: Any) -> None:
+        link_obj = ev.link
+        state = self._states.get(link_obj)
+        if isinstance(state, _ReceiverState):
+            # A refused attach comes back with no source, then a detach or an end.
+            source = link_obj.remote_source
+            refused = source.type == Terminus.UNSPECIFIED or source.address is None
+            if not refused and not state.attached.done():
+                state.attached.set_result(None)
+        elif isinstance(state, _SenderState):
+            state.attached = True
+
+    def _on_link_close(self, ev: Any) -> None:
+        link_obj = ev.link
+        state = self._states.get(link_obj)
+        reason, code = _condition_text(link_obj.remote_condition)
+        if state is not None:
+            self._link_ended(link_obj, state, reason, code)
+        link_obj.close()
+
+    def _link_ended(self, link_obj: Any, state: Any, reason: str, code: str | None) -> None:
+        """One link is gone (detached, or its session ended): only its own users hear of it."""
+        self._states.pop(link_obj, None)
+        if isinstance(state, _ReceiverState):
+            consumer = state.consumer
+            if not state.attached.done():
+                state.attached.set_exception(
+                    SubscriptionError(
+                        f"cannot attach to address {consumer.address!r}: {reason}"
+                        + (f" ({code})" if code else "")
+                    )
+                )
+            if not consumer.closed.done():
+                consumer.closed.set_result(None)
+            if not consumer.cancelled:
+                consumer.cancelled = True
+                fail = getattr(consumer.sink, "_fail", None)
+                if fail is not None:
+                    fail(
+                        SubscriptionError(
+                            f"the broker detached the consumer of {consumer.address!r}: {reason}"
+                            + (f" ({code})" if code else "")
+                        )
+                    )
+        elif isinstance(state, _SenderState):
+            if state is self._anon:
+                self._die(LinkDown(f"the broker ended the sender: {reason} ({code})"))
+                return
+            if state.address is not None:
+                self._senders.pop(state.address, None)
+            state.fail_all(Nacked(f"address {state.address!r}: {reason}", code=code))
+
+    def _on_transport_error(self, ev: Any) -> None:
+        cond = self.transport.condition
+        reason, code = _condition_text(cond)
+        outcome = self._sasl.outcome
+        if outcome in (proton.SASL.AUTH, proton.SASL.PERM) or code == "amqp:unauthorized-access":
+            self._die(AuthenticationError(f"the broker refused the credentials: {reason}"))
+        elif outcome in (proton.SASL.SYS, proton.SASL.TEMP):
+            self._die(TransientConnectError(f"SASL failed on the broker's side: {reason}"))
+        else:
+            self._die(LinkDown(f"transport error: {reason} ({code})"))
+
+    def _on_transport_closed(self, ev: Any) -> None:
+        reason, code = _condition_text(self.transport.condition)
+        self._die(LinkDown(f"transport closed: {reason}" + (f" ({code})" if code else "")))
+
+    # -- death and closing ---------------------------------------------------------------------
+
+    def _die(self, exc: BaseException) -> None:
+        """The link is dead: say so once, at once, and let the socket go."""
+        if self.dead.done():
+            return
+        self._error = exc
+        self.dead.set_result(None)
+        if not self._opened.done():
+            self._opened.set_exception(exc)
+        self.hooks.lost(exc)
+        for state in list(self._states.values()):
+            if isinstance(state, _ReceiverState):
+                if not state.attached.done():
+                    state.attached.set_exception(LinkDown(f"link lost while attaching: {exc}"))
+                if not state.consumer.closed.done():
+                    state.consumer.closed.set_result(None)
+        self._cancel_timers()
+        sock = self._sock
+        if sock is not None and not sock.is_closing():
+            sock.close()
+
+    def _cancel_timers(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        if self._kick_handle is not None:
+            self._kick_handle.cancel()
+            self._kick_handle = None
+
+    def _abort(self) -> None:
+        self._closing = True
+        self._die(LinkDown("aborted"))
+        sock = self._sock
+        if sock is not None:
+            sock.abort()
+
+    async def close(self) -> None:
+        """Detach links, end sessions, close the connection, then the socket; bounded."""
+        if not self.dead.done() and self._sock is not None:
+            self._closing = True
+            for state in list(self._states.values()):
+                if isinstance(state, _ReceiverState):
+                    state.receiver.close()
+                else:
+                    state.sender.close()
+                state.session.close()
+            self.conn.close()
+            self._process()
+            self.flush()
+            try:
+                async with asyncio.timeout(min(self.opts.close_timeout, 5.0)):
+                    await asyncio.shield(self.dead)
+            except TimeoutError:
+                pass
+            self._die(LinkDown("closed"))
+        else:
+            self._die(LinkDown("closed"))
+        if self._sock is not None and not self._sock_closed.done():
+            try:
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(self._sock_closed)
+            except TimeoutError:
+                self._sock.abort()
+                await asyncio.shield(self._sock_closed)
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    def _add_sender(self, address: str | None) -> _SenderState:
+        state = _SenderState(self, address)
+        self._states[state.sender] = state
+        return state
+
+    async def publish(self, batch: Sequence[Outgoing]) -> None:
+        if self.dead.done():
+            raise LinkDown(f"the AMQP 1.0 link is dead: {self._error}")
+        anon = self._anon
+        if anon is not None:
+            anon.queue.extend(batch)
+            anon.pump()
+        else:
+            touched: dict[int, _SenderState] = {}
+            senders = self._senders
+            for msg in batch:
+                state = senders.get(msg.topic)
+                if state is None:
+                    state = senders[msg.topic] = self._add_sender(msg.topic)
+                state.queue.append(msg)
+                touched[id(state)] = state
+            for state in touched.values():
+                state.pump()
+        self.flush()
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def attach(self, spec: SubscriptionSpec, sink: DeliverySink) -> Consumer:
+        if self.dead.done():
+            raise LinkDown(f"the AMQP 1.0 link is dead: {self._error}")
+        consumer = Amqp10Consumer(self.hooks, self, spec, sink)
+        session = self.conn.session()
+        session.open()
+        receiver = session.receiver(f"aiobus-recv-{next(_link_names)}")
+        receiver.source.address = spec.pattern
+        if spec.no_ack:
+            receiver.snd_settle_mode = proton.Link.SND_SETTLED
+            sink.on_space(consumer._space)
+        else:
+            receiver.snd_settle_mode = proton.Link.SND_UNSETTLED
+        receiver.rcv_settle_mode = proton.Link.RCV_FIRST
+        receiver.open()
+        state = _ReceiverState(receiver, session, consumer)
+        consumer.state = state
+        self._states[receiver] = state
+        receiver.flow(spec.prefetch)
+        self.flush()
+        try:
+            await asyncio.shield(state.attached)
+        except BaseException:
+            consumer.cancelled = True
+            raise
+        return consumer
+
+    @property
+    def raw(self) -> Any:
+        return self.conn
