@@ -1,0 +1,451 @@
+"""One subscriber at run time: read, dispatch within concurrency and prefetch, handle, settle.
+
+Bounds: at most ``concurrency`` handler calls at once; at most ``prefetch`` deliveries taken
+from the subscription and not finished (the subscription's own buffer and the broker's
+prefetch bound the unacknowledged ones). With a ``key``, deliveries with the same key run one
+after another in arrival order, each in its own slot, and different keys run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Coroutine, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AiobusError
+from ..message import Delivery
+from .carrier import (
+    ATTEMPT,
+    ERROR,
+    ERROR_TYPE,
+    REASON,
+    SUBSCRIBER,
+    TOPIC,
+    attempts_before,
+)
+from .codec import encode_value
+from .errors import NotSettled
+from .handler import SubscriberSpec
+from .middleware import HandleContext, Outbound, handle_chain
+from .policy import decide, describe
+
+if TYPE_CHECKING:
+    from ..subscription import Subscription
+    from .core import Service
+
+log = logging.getLogger("aiobus.service")
+
+_LOCAL_COUNTS = 10_000
+
+
+@dataclass(slots=True)
+class SubscriberStats:
+    """Counters per subscriber, for tests and metrics."""
+
+    received: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    requeued: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    in_progress: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One subscription a subscriber reads: its pattern, or its private retry topic."""
+
+    pattern: str
+    queue: str | None
+    prefetch: int
+    options: dict[str, Any]
+
+
+class Runner:
+    def __init__(
+        self,
+        service: Service,
+        spec: SubscriberSpec,
+        sources: list[Source],
+        retry_topic: str | None,
+        broker_requeue: bool,
+    ) -> None:
+        self.service = service
+        self.spec = spec
+        self.sources = sources
+        self.retry_topic = retry_topic
+        self.broker_requeue = broker_requeue
+        self.stats = SubscriberStats()
+        self.handle = handle_chain(service.middleware, self._invoke)
+        self._subs: list[Subscription] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lanes: dict[Hashable, deque[Delivery]] = {}
+        self._local_failures: OrderedDict[str, int] = OrderedDict()
+        self._slots: asyncio.Semaphore | None = None
+        self._inhand: asyncio.Semaphore | None = None
+
+    # -- life -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._slots = asyncio.Semaphore(self.spec.concurrency)
+        self._inhand = asyncio.Semaphore(sum(s.prefetch for s in self.sources))
+        bus = self.service.bus
+        for source in self.sources:
+            sub = bus.subscribe(
+                source.pattern, queue=source.queue, prefetch=source.prefetch, **source.options
+            )
+            await sub.__aenter__()
+            self._subs.append(sub)
+        loop = asyncio.get_running_loop()
+        for sub in self._subs:
+            self._readers.append(
+                loop.create_task(self._read(sub), name=f"aiobus reader {self.spec.name}")
+            )
+
+    async def stop_reading(self) -> None:
+        """Take no new deliveries; those in the buffers go back to the broker on close."""
+        for reader in self._readers:
+            reader.cancel()
+        for reader in self._readers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        self._readers.clear()
+
+    async def wait_idle(self) -> None:
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def cancel_handlers(self) -> None:
+        """Past the drain timeout: stop handlers; their deliveries stay unsettled and the
+        broker takes them back when the subscriptions close."""
+        for task in self._tasks:
+            task.cancel()
+        await self.wait_idle()
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            try:
+                await sub.__aexit__(None, None, None)
+            except Exception as exc:  # the connection may be gone already; nothing to return
+                log.debug("aiobus: closing subscription %r failed: %r", sub.pattern, exc)
+        self._subs.clear()
+        self._lanes.clear()
+
+    @property
+    def busy(self) -> int:
+        return len(self._tasks) + len(self._readers)
+
+    # -- reading and dispatch -------------------------------------------------------------
+
+    async def _read(self, sub: Subscription) -> None:
+        keyed = self.spec.key is not None
+        slots, inhand = self._slots, self._inhand
+        assert slots is not None
+        assert inhand is not None
+        gate = inhand if keyed else slots
+        try:
+            while True:
+                await gate.acquire()
+                try:
+                    delivery = await sub.__anext__()
+                except BaseException:
+                    gate.release()
+                    raise
+                if keyed:
+                    self._enqueue(delivery)
+                else:
+                    self._spawn(self._one(delivery))
+        except StopAsyncIteration:
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("aiobus: subscriber %s stopped receiving: %r", self.spec.name, exc)
+            self.service._fail(exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"aiobus {self.spec.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _one(self, delivery: Delivery) -> None:
+        assert self._slots is not None
+        try:
+            await self._process(delivery, None)
+        finally:
+            self._slots.release()
+
+    def _enqueue(self, delivery: Delivery) -> None:
+        assert self.spec.key is not None
+        try:
+            key = self.spec.key(delivery)
+        except Exception as exc:  # a broken key function fails this message, not the service
+            self._spawn(self._lane_of_one(delivery, exc))
+            return
+        if key is None:
+            self._spawn(self._lane_of_one(delivery, None))
+            return
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.append(delivery)
+            return
+        lane = self._lanes[key] = deque([delivery])
+        self._spawn(self._run_lane(key, lane))
+
+    async def _lane_of_one(self, delivery: Delivery, error: Exception | None) -> None:
+        assert self._slots is not None
+        assert self._inhand is not None
+        async with self._slots:
+            await self._process(delivery, error)
+        self._inhand.release()
+
+    async def _run_lane(self, key: Hashable, lane: deque[Delivery]) -> None:
+        assert self._slots is not None
+        assert self._inhand is not None
+        try:
+            while lane:
+                async with self._slots:
+                    await self._process(lane[0], None)
+                lane.popleft()  # only now: until settled, the next one with this key waits
+                self._inhand.release()
+        finally:
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    # -- handling -------------------------------------------------------------------------
+
+    async def _invoke(self, ctx: HandleContext) -> Any:
+        return await self.spec.invoker(ctx.delivery)
+
+    def _attempt(self, delivery: Delivery, meta: dict[str, str]) -> int:
+        before = attempts_before(meta)
+        if delivery.delivery_count is not None:
+            return before + delivery.delivery_count
+        if self.broker_requeue and delivery.message_id:
+            return before + self._local_failures.get(delivery.message_id, 0) + 1
+        return before + 1
+
+    async def _process(self, delivery: Delivery, early_error: Exception | None) -> None:
+        stats = self.stats
+        stats.received += 1
+        stats.in_progress += 1
+        try:
+            meta = self.service.carrier.unwrap(delivery)
+            original = meta.get(TOPIC)
+            if original:
+                delivery.topic = original
+            ctx = HandleContext(
+                self.service, self.spec.name, delivery, self._attempt(delivery, meta), meta
+            )
+            if self.spec.ack == "first":
+                try:
+                    await delivery.ack()
+                except AiobusError as exc:  # at-most-once: not acked, so not handled here
+                    log.warning(
+                        "aiobus: %s could not ack first (%r); not handling it", self.spec.name, exc
+                    )
+                    return
+            try:
+                if early_error is not None:
+                    raise early_error
+                result = await self.handle(ctx)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                stats.failed += 1
+                await self._failed(ctx, exc)
+            else:
+                await self._succeeded(ctx, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Settling failed (link died, connection closed): the delivery is unsettled and
+            # the broker takes it back; the service goes on.
+            log.warning("aiobus: %s could not settle a message: %r", self.spec.name, exc)
+        finally:
+            stats.in_progress -= 1
+
+    async def _succeeded(self, ctx: HandleContext, result: Any) -> None:
+        delivery = ctx.delivery
+        ack = self.spec.ack
+        if ack == "manual" and not delivery.settled:
+            await self._failed(
+                ctx,
+                NotSettled(
+                    f"handler {self.spec.name} (ack='manual') returned without settling "
+                    f"the message on {delivery.topic!r}"
+                ),
+            )
+            return
+        if delivery.reply_to:
+            try:
+                body, content_type = encode_value(result)
+            except TypeError as exc:
+                self.stats.failed += 1
+                await self._failed(ctx, exc)
+                return
+            try:
+                await self._reply(delivery, body, content_type, None)
+            except Exception as exc:  # the work is done: redoing it would not help the reply
+                log.warning(
+                    "aiobus: %s could not reply to %r: %r", self.spec.name, delivery.reply_to, exc
+                )
+        if ack == "on_success" and not delivery.settled:
+            await delivery.ack()
+        self.stats.succeeded += 1
+        if delivery.message_id:
+            self._local_failures.pop(delivery.message_id, None)
+
+    async def _failed(self, ctx: HandleContext, error: Exception) -> None:
+        delivery = ctx.delivery
+        name = self.spec.name
+        if self.spec.ack == "first" or delivery.settled:
+            # Already acked (at-most-once) or settled by a manual handler: nothing to undo.
+            log.warning(
+                "aiobus: %s failed on %r after settling: %s", name, delivery.topic, describe(error)
+            )
+            return
+        decision = decide(
+            self.spec.on_error, ctx.attempt, error, broker_requeue=self.broker_requeue
+        )
+        log.warning(
+            "aiobus: %s failed attempt %d on %r: %s -> %s",
+            name,
+            ctx.attempt,
+            delivery.topic,
+            describe(error),
+            decision.action,
+        )
+        try:
+            if decision.action == "requeue":
+                if delivery.delivery_count is None and delivery.message_id:
+                    self._count_local_failure(delivery.message_id)
+                await delivery.nack(requeue=True)
+                self.stats.requeued += 1
+            elif decision.action == "republish":
+                copy = self._retry_copy(delivery, ctx.attempt)
+                if decision.delay > 0:
+                    self.service.scheduler.schedule(decision.delay, lambda: self._send(copy))
+                else:
+                    await self._send(copy)
+                # The copy is confirmed (or owned by the scheduler): only now the original goes.
+                await delivery.ack()
+                self.stats.retried += 1
+            else:
+                if delivery.reply_to:
+                    try:
+                        await self._reply(delivery, b"", None, error)
+                    except Exception as exc:
+                        log.warning(
+                            "aiobus: %s could not send the error reply to %r: %r",
+                            name,
+                            delivery.reply_to,
+                            exc,
+                        )
+                await self._dead_letter(ctx, error, decision.reason)
+                if delivery.message_id:
+                    self._local_failures.pop(delivery.message_id, None)
+        except Exception as exc:
+            log.error(
+                "aiobus: %s could not %s a failed message (%r); giving it back to the broker",
+                name,
+                decision.action.replace("_", "-"),
+                exc,
+            )
+            await self._give_back(delivery)
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        """Never ack what could not be retried or dead-lettered: nack it back where the
+        protocol can; elsewhere (MQTT) leave it unacked so the session delivers it again."""
+        if delivery.settled:
+            return
+        consumer_can_nack = self.service.bus.capabilities.nack
+        if consumer_can_nack:
+            with contextlib.suppress(AiobusError):
+                await delivery.nack(requeue=True)
+
+    def _count_local_failure(self, message_id: str) -> None:
+        counts = self._local_failures
+        counts[message_id] = counts.get(message_id, 0) + 1
+        counts.move_to_end(message_id)
+        while len(counts) > _LOCAL_COUNTS:
+            counts.popitem(last=False)
+
+    # -- copies ---------------------------------------------------------------------------
+
+    def _copy(self, delivery: Delivery, topic: str, meta: dict[str, str], kind: Any) -> Outbound:
+        service = self.service
+        wrapped = service.carrier.wrap(delivery.body, delivery.headers, meta, delivery.content_type)
+        options: dict[str, Any] = {}
+        if service.carrier.headers and delivery.content_type is not None:
+            options["content_type"] = delivery.content_type
+        if delivery.message_id is not None:
+            options["message_id"] = delivery.message_id
+        if service.bus.capabilities.correlation:
+            if delivery.correlation_id is not None:
+                options["correlation_id"] = delivery.correlation_id
+            if delivery.reply_to is not None:
+                options["reply_to"] = delivery.reply_to
+        return Outbound(topic, wrapped.body, kind, wrapped.headers, options)
+
+    def _retry_copy(self, delivery: Delivery, attempt: int) -> Outbound:
+        assert self.retry_topic is not None
+        return self._copy(
+            delivery, self.retry_topic, {ATTEMPT: str(attempt), TOPIC: delivery.topic}, "retry"
+        )
+
+    async def _send(self, call: Outbound) -> None:
+        await self.service._publish(call)
+
+    async def _dead_letter(self, ctx: HandleContext, error: Exception, reason: str) -> None:
+        delivery = ctx.delivery
+        topic = self.spec.dead_letter_topic
+        if topic is None:
+            log.error(
+                "aiobus: %s dead-letters a message on %r by reject: %s",
+                self.spec.name,
+                delivery.topic,
+                reason,
+            )
+            await delivery.reject()
+        else:
+            meta = {
+                ATTEMPT: str(ctx.attempt),
+                TOPIC: delivery.topic,
+                REASON: reason,
+                ERROR_TYPE: type(error).__name__,
+                SUBSCRIBER: self.spec.name,
+            }
+            await self._send(self._copy(delivery, topic, meta, "dead_letter"))
+            log.error(
+                "aiobus: %s dead-lettered a message on %r to %r: %s",
+                self.spec.name,
+                delivery.topic,
+                topic,
+                reason,
+            )
+            await delivery.ack()
+        self.stats.dead_lettered += 1
+
+    async def _reply(
+        self, request: Delivery, body: bytes, content_type: str | None, error: BaseException | None
+    ) -> None:
+        service = self.service
+        assert request.reply_to is not None
+        meta: dict[str, str] = {}
+        if error is not None:
+            meta = {ERROR: str(error)[:2000], ERROR_TYPE: type(error).__name__}
+        wrapped = service.carrier.wrap(body, None, meta, content_type)
+        options: dict[str, Any] = {
+            "correlation_id": request.correlation_id or request.message_id,
+        }
+        if service.carrier.headers and content_type is not None:
+            options["content_type"] = content_type
+        await service._publish(
+            Outbound(request.reply_to, wrapped.body, "reply", wrapped.headers or None, options)
+        )
