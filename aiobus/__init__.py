@@ -33,6 +33,21 @@ from .errors import (
 from .events import Event, State
 from .message import Delivery
 from .publishing import Confirm, PublishFuture
+from .service import (
+    DeadLetter,
+    DecodeError,
+    HandleContext,
+    Middleware,
+    NotSettled,
+    Outbound,
+    RemoteError,
+    RequestTimeout,
+    Requeue,
+    Retry,
+    Service,
+    ServiceError,
+    ServiceNotRunning,
+)
 from .subscription import Subscription
 from .url import Settings
 
@@ -76,18 +91,31 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "Credentials",
+    "DeadLetter",
+    "DecodeError",
     "Delivery",
     "Event",
+    "HandleContext",
     "InvalidTopic",
     "LinkLost",
     "MessageTooLarge",
+    "Middleware",
     "Nacked",
+    "NotSettled",
     "NotSupported",
+    "Outbound",
     "PermanentConnectError",
     "ProtocolMismatch",
     "PublishError",
     "PublishFuture",
     "PublishTimeout",
+    "RemoteError",
+    "RequestTimeout",
+    "Requeue",
+    "Retry",
+    "Service",
+    "ServiceError",
+    "ServiceNotRunning",
     "Settings",
     "StaleDelivery",
     "State",
