@@ -1,0 +1,982 @@
+"""The ``mqtt://``, ``mqtts://``, ``mqtt+ws://`` and ``mqtt+wss://`` adapter, on paho-mqtt.
+
+paho's ``Client`` is the protocol engine (CONNECT, packet parsing, SUBSCRIBE/UNSUBSCRIBE,
+PUBLISH encoding, manual acks); asyncio owns the connection (see ``mqtt_wire``). What paho or
+aiomqtt do not do right for aiobus is done here: publish outcomes with their MQTT 5 reason
+codes, the broker's Receive Maximum as the in-flight window, the link's death noticed at once,
+PUBACK sent when the application acks, TCP backpressure instead of dropping, keep-alive with
+half-open detection, and session state (client id, packet ids, QoS 2 flows) kept across the
+reconnects of one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import secrets
+import ssl
+import struct
+import weakref
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from paho.mqtt.client import MQTTv5, MQTTv311
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    LinkDown,
+    MessageTooLarge,
+    Nacked,
+    PermanentConnectError,
+    ProtocolMismatch,
+    SubscriptionError,
+    TransientConnectError,
+)
+from ..message import Delivery
+from ..mqtt import Will
+from ..settings import MqttOptions
+from ..topics import TopicMatcher, validate_mqtt_filter, validate_mqtt_topic
+from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
+from .mqtt_wire import AGAIN, PahoClient, _Pipe, websocket_handshake, websocket_over
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import MQTTMessage
+
+    from ..auth import Credentials
+    from ..publishing import Outgoing
+    from ..url import Endpoint, Settings
+
+_SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
+#: The user property that carries ``message_id`` on MQTT 5 (MQTT has no such field).
+MESSAGE_ID_PROPERTY = "message-id"
+
+
+def _options(settings: Settings) -> MqttOptions:
+    opts = settings.options
+    assert isinstance(opts, MqttOptions)
+    return opts
+
+
+# -- per-connection session state ------------------------------------------------------------
+
+
+class _Session:
+    """What outlives one link of a connection: the client id, the packet-id counter, what the
+    broker told us about itself, and the QoS 2 flows a resumed session must finish."""
+
+    __slots__ = (
+        "client_id",
+        "connected_once",
+        "in_qos2",
+        "max_packet",
+        "max_qos",
+        "next_mid",
+        "pubrec",
+        "retain_available",
+        "shared_available",
+    )
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.connected_once = False
+        self.next_mid = 0
+        self.max_packet: int | None = None
+        self.max_qos = 2
+        self.retain_available = True
+        self.shared_available = True
+        #: Outgoing QoS 2 packet ids whose PUBREC came: on a resumed session the PUBREL is
+        #: sent again instead of the message.
+        self.pubrec: set[int] = set()
+        #: Incoming QoS 2 messages waiting for PUBREL (paho's ``_in_messages``), carried over
+        #: so that a PUBREL after a reconnect still hands the message over exactly once.
+        self.in_qos2: dict[int, Any] = {}
+
+
+_sessions: dict[int, _Session] = {}
+
+
+def _session(settings: Settings) -> _Session:
+    # One Settings object per Connection, so its id keys the connection's session; the entry
+    # goes when the Settings object does.
+    key = id(settings)
+    found = _sessions.get(key)
+    if found is None:
+        opts = _options(settings)
+        client_id = opts.client_id or f"aiobus-{secrets.token_hex(8)}"
+        found = _sessions[key] = _Session(client_id)
+        weakref.finalize(settings, _sessions.pop, key, None)
+    return found
+
+
+def _persistent(opts: MqttOptions) -> bool:
+    """Whether the broker keeps the session (and re-sends unacked QoS 1) across a drop."""
+    if opts.protocol == 5:
+        return opts.session_expiry > 0
+    return not opts.clean_session
+
+
+# -- MQTT 5 properties -------------------------------------------------------------------------
+
+
+def _str16(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("!H", len(data)) + data
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value % 128
+        value //= 128
+        out.append(byte | 0x80 if value else byte)
+        if not value:
+            return bytes(out)
+
+
+class _NoInfo:
+    """paho marks a written QoS 0 packet as published on its info object; we need none."""
+
+    __slots__ = ()
+
+    def _set_as_published(self) -> None:
+        pass
+
+
+_NO_INFO = _NoInfo()
+
+
+class _Packed:
+    """Pre-encoded publish properties: paho only calls ``pack()``, and building its
+    ``Properties`` object per message costs more than the rest of a publish."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def pack(self) -> bytes:
+        return self.data
+
+
+def _publish_properties(msg: Outgoing) -> _Packed:
+    out = bytearray()
+    if msg.ttl is not None:
+        out += b"\x02" + struct.pack("!I", min(0xFFFFFFFF, max(1, math.ceil(msg.ttl))))
+    if msg.content_type:
+        out += b"\x03" + _str16(msg.content_type)
+    if msg.reply_to:
+        out += b"\x08" + _str16(msg.reply_to)
+    if msg.correlation_id:
+        out += b"\x09" + _str16(msg.correlation_id)
+    if msg.headers:
+        for key, value in msg.headers.items():
+            out += b"\x26" + _str16(key) + _str16(value)
+    if msg.message_id:
+        out += b"\x26\x00\x0amessage-id" + _str16(msg.message_id)
+    return _Packed(_varint(len(out)) + bytes(out))
+
+
+def _properties(packet_type: int) -> Any:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+def _reason(packet_type: int, code: int, packet: bytes | bytearray) -> str:
+    """A refusal's name and, if the broker sent one, its reason string."""
+    try:
+        name = ReasonCode(packet_type, identifier=code).getName()
+    except Exception:
+        name = f"reason code 0x{code:02X}"
+    if len(packet) > 3:
+        with contextlib.suppress(Exception):
+            props = _properties(packet_type)
+            props.unpack(packet[3:])
+            text = getattr(props, "ReasonString", None)
+            if text:
+                return f"{name}: {text}"
+    return str(name)
+
+
+# -- receiving ----------------------------------------------------------------------------------
+
+
+class _Inbound:
+    """One QoS 1 PUBLISH handed to one or more subscriptions: PUBACK when all have acked."""
+
+    __slots__ = ("mid", "remaining")
+
+    def __init__(self, mid: int, remaining: int) -> None:
+        self.mid = mid
+        self.remaining = remaining
+
+
+class MqttConsumer(Consumer):
+    protocol: ClassVar[str] = "mqtt"
+    can_nack: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        hooks: LinkHooks,
+        link: MqttLink,
+        spec: SubscriptionSpec,
+        sink: DeliverySink,
+        topic_filter: str,
+        qos: int,
+        sub_id: int,
+    ) -> None:
+        super().__init__(hooks)
+        self.link = link
+        self.sink = sink
+        self.filter = topic_filter
+        self.qos = qos
+        self.sub_id = sub_id
+        self.no_ack = spec.no_ack
+        self.matcher = TopicMatcher(topic_filter, "mqtt")
+        self.unacked: dict[int, _Inbound] = {}
+        self.returns_on_loss = _persistent(link.opts)
+        sink.on_space(link.resume_if_room)
+
+    def deliver(
+        self,
+        msg: MQTTMessage,
+        topic: str,
+        inbound: _Inbound | None,
+        props: tuple[dict[str, Any], str | None, str | None, str | None, str | None],
+        now: datetime,
+    ) -> None:
+        headers, content_type, message_id, correlation_id, reply_to = props
+        qos = msg.qos
+        settled = self.no_ack
+        if inbound is not None:
+            if self.no_ack:
+                self.link.release(inbound)
+            else:
+                self.unacked[msg.mid] = inbound
+        self.sink.push(
+            Delivery(
+                self,
+                topic,
+                bytes(msg.payload),
+                tag=msg.mid,
+                headers=headers,
+                content_type=content_type,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                timestamp=now,
+                redelivered=msg.dup,
+                qos=qos,
+                retain=msg.retain,
+                settled=settled,
+                returns_on_loss=qos == 1 and self.returns_on_loss and not settled,
+                raw=msg,
+            )
+        )
+
+    async def ack(self, delivery: Delivery) -> None:
+        # QoS 0: nothing to send. QoS 2: PUBCOMP went when the message was handed over.
+        inbound = self.unacked.pop(delivery.tag, None)
+        if inbound is not None:
+            self.link.release(inbound)
+
+    async def nack(self, delivery: Delivery, requeue: bool) -> None:  # pragma: no cover
+        raise AssertionError("MQTT has no nack; Delivery.nack raises NotSupported first")
+
+    async def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        link = self.link
+        link.detach(self)
+        # MQTT cannot give a message back: unacked ones are acknowledged so that the broker's
+        # in-flight window for this client is not held by a subscription that is gone.
+        for inbound in self.unacked.values():
+            link.release(inbound)
+        self.unacked.clear()
+        if link.hooks.alive and not link.closing:
+            await link.unsubscribe(self.filter)
+
+
+# -- the link -------------------------------------------------------------------------------------
+
+
+class MqttLink(Link):
+    protocol: ClassVar[str] = "mqtt"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        nack=False,
+        unroutable=False,
+        headers=True,
+        priority=False,
+        ttl=True,
+        retain=True,
+        qos=True,
+        shared_queue=True,
+        delivery_count=False,
+        topology=False,
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        endpoint: Endpoint | None,
+        credentials: Credentials | None,
+        hooks: LinkHooks,
+    ) -> None:
+        super().__init__(settings, endpoint, credentials, hooks)
+        self.opts = _options(settings)
+        self.v5 = self.opts.protocol == 5
+        self.session = _session(settings)
+        self._loop = asyncio.get_running_loop()
+        self._pipe: _Pipe | None = None
+        self._client: PahoClient | None = None
+        self._out: dict[int, Outgoing] = {}
+        self._consumers: dict[int, MqttConsumer] = {}
+        self._sub_ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._connack: asyncio.Future[tuple[Any, Any, Any]] | None = None
+        self._paused = False
+        self._keepalive = 0.0
+        self._ping_sent = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.session_present = False
+        self.closing = False
+
+    # -- checks at the call -----------------------------------------------------------------
+
+    @classmethod
+    def check_publish(cls, settings: Settings, msg: Outgoing) -> None:
+        opts = _options(settings)
+        validate_mqtt_topic(msg.topic)
+        qos = msg.qos
+        if qos is None:
+            qos = msg.qos = opts.qos
+        elif qos not in (0, 1, 2) or isinstance(qos, bool):
+            raise ConfigError(f"MQTT qos must be 0, 1 or 2, got {qos!r}")
+        if msg.mandatory:
+            raise ConfigError(
+                "MQTT has no unroutable-message report (mandatory=True); a "
+                "message no one subscribes to is simply not delivered"
+            )
+        if msg.priority is not None:
+            raise ConfigError("MQTT messages have no priority")
+        if msg.exchange is not None:
+            raise ConfigError("exchange= is an AMQP 0-9-1 option; MQTT has one topic space")
+        if msg.persistent is not None:
+            raise ConfigError(
+                "persistent= is an AMQP option; on MQTT durability is the QoS "
+                "and the subscriber's session"
+            )
+        if msg.retain not in (True, False):
+            raise ConfigError(f"retain must be a bool, got {msg.retain!r}")
+        session = _sessions.get(id(settings))
+        if opts.protocol == 5:
+            if msg.headers:
+                for key, value in msg.headers.items():
+                    if not isinstance(key, str) or not isinstance(value, str):
+                        raise ConfigError(
+                            "MQTT 5 user properties (headers) are str -> str; "
+                            f"got {key!r}: {value!r}"
+                        )
+        elif (
+            msg.headers
+            or msg.correlation_id
+            or msg.reply_to
+            or msg.content_type
+            or (msg.ttl is not None)
+        ):
+            given = [
+                name
+                for name, value in (
+                    ("headers", msg.headers),
+                    ("correlation_id", msg.correlation_id),
+                    ("reply_to", msg.reply_to),
+                    ("content_type", msg.content_type),
+                    ("ttl", msg.ttl),
+                )
+                if value or (name == "ttl" and value is not None)
+            ]
+            raise ConfigError(f"MQTT 3.1.1 cannot carry {', '.join(given)}; use protocol=5")
+        limit = opts.max_message_size
+        size = len(msg.body)
+        if session is not None:
+            if qos > session.max_qos:
+                raise ConfigError(
+                    f"the broker accepts QoS up to {session.max_qos} "
+                    f"(CONNACK Maximum QoS); got qos={qos}"
+                )
+            if msg.retain and not session.retain_available:
+                raise ConfigError(
+                    "the broker does not support retained messages (CONNACK Retain Available = 0)"
+                )
+            if session.max_packet is not None:
+                # Fixed header (5) + topic (2 + n) + packet id (2) + properties: whatever is
+                # left of the broker's Maximum Packet Size is the payload's limit.
+                overhead = (
+                    9
+                    + len(msg.topic.encode())
+                    + 64
+                    + sum(len(k) + len(v) + 5 for k, v in (msg.headers or {}).items())
+                )
+                limit = min(limit, session.max_packet - overhead)
+        if size > limit:
+            raise MessageTooLarge(size, limit)
+
+    @classmethod
+    def check_subscribe(cls, settings: Settings, spec: SubscriptionSpec) -> None:
+        if spec.extra:
+            raise ConfigError(f"unknown subscribe options for MQTT: {sorted(spec.extra)}")
+        validate_mqtt_filter(spec.pattern)
+        if spec.queue is not None:
+            if spec.pattern.startswith("$share/"):
+                raise ConfigError("give either queue= or a '$share/group/' filter, not both")
+            validate_mqtt_filter(f"$share/{spec.queue}/{spec.pattern}")
+        if spec.qos is not None and (spec.qos not in (0, 1, 2) or isinstance(spec.qos, bool)):
+            raise ConfigError(f"MQTT qos must be 0, 1 or 2, got {spec.qos!r}")
+        if spec.exchange is not None:
+            raise ConfigError("exchange= is an AMQP 0-9-1 option; MQTT has one topic space")
+        if spec.durable is not None:
+            raise ConfigError(
+                "MQTT subscriptions are durable through the session "
+                "(clean_session=False / session_expiry), not per subscription"
+            )
+        if spec.exclusive is not None:
+            raise ConfigError("MQTT has no exclusive subscriptions")
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        opts = self.opts
+        ctx = ssl.create_default_context(cafile=opts.ca_file)
+        if opts.certfile:
+            ctx.load_cert_chain(opts.certfile, opts.keyfile)
+        if not opts.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    async def open(self) -> None:
+        settings = self.settings
+        assert self.endpoint is not None, "MQTT needs a host"
+        host, port = self.endpoint.host, self.endpoint.port
+        loop = self._loop
+        ctx = self._ssl_context() if settings.tls else None
+        try:
+            transport, pipe = await loop.create_connection(
+                lambda: _Pipe(loop),
+                host,
+                port,
+                ssl=ctx,
+                server_hostname=host if ctx is not None else None,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise PermanentConnectError(
+                f"TLS verification of {host}:{port} failed: {exc.verify_message}"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise PermanentConnectError(f"TLS with {host}:{port} failed: {exc}") from exc
+        except OSError as exc:
+            raise TransientConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        self._pipe = pipe
+        pipe.on_lost = self._transport_lost
+        try:
+            sock: Any = pipe
+            if settings.websocket:
+                await websocket_handshake(pipe, host, port, settings.path, settings.tls)
+                sock = websocket_over(pipe, host, port, settings.path)
+            await self._mqtt_connect(sock, host, port)
+        except BaseException:
+            transport.abort()
+            raise
+        if not self.hooks.alive:
+            raise TransientConnectError("the broker closed the connection right after CONNACK")
+        if self._keepalive:
+            self._timer = loop.call_later(self._keepalive / 2, self._tick)
+
+    async def _mqtt_connect(self, sock: Any, host: str, port: int) -> None:
+        opts = self.opts
+        session = self.session
+        pipe = self._pipe
+        assert pipe is not None
+        client = PahoClient(
+            CallbackAPIVersion.VERSION2,
+            client_id=session.client_id,
+            clean_session=None if self.v5 else opts.clean_session,
+            protocol=MQTTv5 if self.v5 else MQTTv311,
+            reconnect_on_failure=False,
+            manual_ack=True,
+        )
+        client.aiobus_sock = sock
+        client.aiobus_link = self
+        client.max_inflight_messages_set(0)  # the core's window bounds what is in flight
+        self._client = client
+        creds = self.credentials
+        if creds is not None:
+            client.username_pw_set(creds.username, creds.password)
+        will = self.opts.will
+        if will is not None:
+            assert isinstance(will, Will)
+            will_props = None
+            if self.v5 and (will.delay or will.headers):
+                will_props = _properties(PacketTypes.WILLMESSAGE)
+                if will.delay:
+                    will_props.WillDelayInterval = will.delay
+                if will.headers:
+                    will_props.UserProperty = list(will.headers.items())
+            client.will_set(will.topic, will.payload, will.qos, will.retain, will_props)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_suback
+        client.on_unsubscribe = self._on_suback
+        client.on_disconnect = self._on_disconnect
+        props = None
+        clean_start: bool = opts.clean_session and not session.connected_once
+        if self.v5:
+            props = _properties(PacketTypes.CONNECT)
+            if opts.session_expiry:
+                props.SessionExpiryInterval = opts.session_expiry
+            if opts.receive_maximum is not None:
+                props.ReceiveMaximum = opts.receive_maximum
+        self._connack = self._loop.create_future()
+        # Failed by the transport's death whether or not open() is still waiting for it.
+        self._connack.add_done_callback(_retrieve)
+        pipe.on_data = self._on_data
+        keepalive = math.ceil(opts.heartbeat) if opts.heartbeat else 0
+        try:
+            if self.v5:
+                rc = client.connect(
+                    host, port, keepalive, clean_start=clean_start, properties=props
+                )
+            else:
+                rc = client.connect(host, port, keepalive)
+        except OSError as exc:
+            raise TransientConnectError(f"sending CONNECT failed: {exc}") from exc
+        if rc != _SUCCESS:
+            raise TransientConnectError(f"sending CONNECT failed: {rc}")
+        pipe.flush()
+        flags, reason, cprops = await self._connack
+        code = reason.value if isinstance(reason, ReasonCode) else int(reason)
+        if code != 0:
+            raise _connack_error(code, str(reason), self.v5)
+        self.session_present = bool(flags.session_present)
+        self._keepalive = float(client._keepalive)
+        if self.v5 and cprops is not None:
+            receive_max = getattr(cprops, "ReceiveMaximum", None)
+            if receive_max:
+                self.max_in_flight = int(receive_max)
+            session.max_packet = getattr(cprops, "MaximumPacketSize", None)
+            session.max_qos = int(getattr(cprops, "MaximumQoS", 2))
+            session.retain_available = bool(getattr(cprops, "RetainAvailable", 1))
+            session.shared_available = bool(getattr(cprops, "SharedSubscriptionAvailable", 1))
+        session.connected_once = True
+
+    # -- paho callbacks ------------------------------------------------------------------------
+
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        session = self.session
+        if not flags.session_present:
+            session.in_qos2.clear()
+            session.pubrec.clear()
+        # Shared, not copied: a QoS 2 message received on this link and released on the next
+        # one is handed over exactly once.
+        client._in_messages = session.in_qos2
+        fut = self._connack
+        if fut is not None and not fut.done():
+            fut.set_result((flags, reason, properties))
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        text = str(reason)
+        if properties is not None:
+            extra = getattr(properties, "ReasonString", None)
+            if extra:
+                text += f": {extra}"
+        self._die(LinkDown(f"the broker disconnected: {text}"))
+
+    def _on_suback(
+        self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        fut = self._waiting.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(reason_codes)
+
+    def _on_message(self, client: Any, userdata: Any, msg: MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = None
+        props: Any = msg.properties if self.v5 else None
+        targets: list[MqttConsumer]
+        if props is not None and hasattr(props, "SubscriptionIdentifier"):
+            by_id = self._consumers
+            targets = [by_id[i] for i in props.SubscriptionIdentifier if i in by_id]
+        elif topic is not None:
+            targets = [c for c in self._consumers.values() if c.matcher.matches(topic)]
+        else:
+            targets = []
+        qos = msg.qos
+        if not targets or topic is None:
+            # Nobody to hand it to (an unsubscribe in flight, an undecodable topic): it must
+            # still be acknowledged, or the broker's window for this client shrinks for good.
+            if qos == 1:
+                client.ack(msg.mid, 1)
+            return
+        inbound = _Inbound(msg.mid, len(targets)) if qos == 1 else None
+        fields = _delivery_fields(props)
+        now = datetime.now(UTC)
+        for consumer in targets:
+            consumer.deliver(msg, topic, inbound, fields, now)
+            if consumer.sink.room <= 0:
+                self._pause()
+
+    # -- reading, backpressure, keep-alive -----------------------------------------------------
+
+    def _on_data(self) -> None:
+        if self._paused:
+            return
+        client = self._client
+        if client is None:
+            return
+        try:
+            while not self._paused:
+                rc = client.read_packet()
+                if rc == AGAIN:
+                    break
+                if rc != _SUCCESS:
+                    self._die(LinkDown(f"MQTT connection lost ({rc.name})"))
+                    fut = self._connack
+                    if fut is not None and not fut.done():
+                        fut.set_exception(
+                            TransientConnectError(
+                                f"the broker closed the connection before CONNACK ({rc.name})"
+                            )
+                        )
+                    return
+        except Exception as exc:  # a malformed packet: the link cannot be trusted any more
+            self._die(LinkDown(f"MQTT protocol error: {exc!r}"))
+            return
+        if client._out_packet:  # packets queued from inside paho's callbacks
+            client.loop_write()
+
+    def _pause(self) -> None:
+        """A subscription's buffer is full: stop reading the socket; the broker holds the
+        rest (TCP backpressure), nothing is dropped."""
+        if not self._paused:
+            self._paused = True
+            pipe = self._pipe
+            if pipe is not None and pipe.transport is not None:
+                pipe.transport.pause_reading()
+
+    def resume_if_room(self) -> None:
+        if not self._paused:
+            return
+        if any(c.sink.room <= 0 for c in self._consumers.values()):
+            return
+        self._paused = False
+        pipe = self._pipe
+        if pipe is None or not self.hooks.alive:
+            return
+        pipe.last_in = self._loop.time()
+        self._ping_sent = 0.0
+        self._on_data()
+        if not self._paused and pipe.transport is not None and not pipe.transport.is_closing():
+            pipe.transport.resume_reading()
+
+    def _tick(self) -> None:
+        """Keep-alive: PINGREQ when the link has been quiet, dead when a ping goes unanswered
+        for a whole interval (a half-open link is noticed within about two intervals)."""
+        self._timer = None
+        pipe, client = self._pipe, self._client
+        if pipe is None or client is None or not self.hooks.alive:
+            return
+        interval = self._keepalive
+        now = self._loop.time()
+        if self._paused:
+            # We are not reading on purpose, so silence proves nothing; the broker still needs
+            # to hear from us within its keep-alive.
+            if now - pipe.last_out >= interval / 2:
+                client._send_pingreq()
+                pipe.flush()
+        else:
+            if self._ping_sent and pipe.last_in >= self._ping_sent:
+                self._ping_sent = 0.0
+            if self._ping_sent and now - self._ping_sent >= interval:
+                self._die(
+                    LinkDown(
+                        f"keep-alive: no answer from the broker within "
+                        f"{interval:g} s (half-open connection)"
+                    )
+                )
+                return
+            quiet = now - pipe.last_out >= interval / 2 or now - pipe.last_in >= interval / 2
+            if not self._ping_sent and quiet:
+                self._ping_sent = now
+                client._send_pingreq()
+                pipe.flush()
+        self._timer = self._loop.call_later(interval / 2, self._tick)
+
+    def _transport_lost(self, exc: BaseException | None) -> None:
+        why = f": {exc}" if exc else ""
+        self._die(LinkDown(f"the MQTT connection was closed{why}"))
+        fut = self._connack
+        if fut is not None and not fut.done():
+            fut.set_exception(TransientConnectError(f"connection closed before CONNACK{why}"))
+
+    def _die(self, exc: BaseException) -> None:
+        self.hooks.lost(exc)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(LinkDown(str(exc)))
+        self._waiting.clear()
+        pipe = self._pipe
+        if pipe is not None and pipe.transport is not None and not pipe.transport.is_closing():
+            pipe.transport.abort()
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def _next_mid(self) -> int:
+        session, out = self.session, self._out
+        mid = session.next_mid
+        while True:
+            mid = mid + 1 if mid < 65535 else 1
+            if mid not in out:
+                session.next_mid = mid
+                return mid
+
+    async def publish(self, batch: Sequence[Outgoing]) -> None:
+        client, pipe = self._client, self._pipe
+        if client is None or pipe is None or not self.hooks.alive:
+            raise LinkDown("the MQTT link is down")
+        out = self._out
+        v5 = self.v5
+        resume = self.session_present
+        pubrec = self.session.pubrec
+        send: Any = client._send_publish
+        written: list[Outgoing] = []
+        for msg in batch:
+            qos = msg.qos or 0
+            props = _publish_properties(msg) if v5 else None
+            topic = msg.topic.encode()
+            if qos == 0:
+                rc = send(0, topic, msg.body, 0, msg.retain, False, _NO_INFO, props)
+                written.append(msg)
+            else:
+                dup = False
+                mid = msg.tag
+                if resume and mid is not None and mid not in out:
+                    # Same packet id with DUP on a resumed session: the broker recognises
+                    # a QoS 2 message it already has instead of delivering it twice.
+                    dup = True
+                    if mid in pubrec:
+                        out[mid] = msg
+                        rc = client._send_pubrel(mid)
+                        if rc != _SUCCESS:
+                            raise LinkDown(f"writing PUBREL failed ({rc})")
+                        continue
+                else:
+                    mid = msg.tag = self._next_mid()
+                out[mid] = msg
+                rc = send(mid, topic, msg.body, qos, msg.retain, dup, None, props)
+                if not msg.confirm:
+                    written.append(msg)
+            if rc != _SUCCESS:
+                raise LinkDown(f"writing PUBLISH failed ({rc})")
+        pipe.flush()
+        settled = self.hooks.settled
+        for msg in written:
+            settled(msg, None)
+
+    def on_acked(self, mid: int, code: int, packet: bytes | bytearray, pubcomp: bool) -> None:
+        msg = self._out.pop(mid, None)
+        if pubcomp:
+            self.session.pubrec.discard(mid)
+        if msg is None:
+            return
+        if code >= 0x80:
+            kind = PacketTypes.PUBCOMP if pubcomp else PacketTypes.PUBACK
+            self.hooks.failed(msg, Nacked(_reason(kind, code, packet), code=code))
+        else:
+            self.hooks.settled(msg, mid)
+
+    def on_pubrec(self, mid: int, code: int, packet: bytes | bytearray) -> bool:
+        """True: answer with PUBREL. A refusal (>= 0x80) ends the QoS 2 flow there."""
+        if code >= 0x80:
+            msg = self._out.pop(mid, None)
+            if msg is not None:
+                self.hooks.failed(msg, Nacked(_reason(PacketTypes.PUBREC, code, packet), code=code))
+            return False
+        self.session.pubrec.add(mid)
+        return True
+
+    # -- subscribing ---------------------------------------------------------------------------
+
+    async def attach(self, spec: SubscriptionSpec, sink: DeliverySink) -> Consumer:
+        client, pipe = self._client, self._pipe
+        if client is None or pipe is None or not self.hooks.alive:
+            raise LinkDown("the MQTT link is down")
+        topic_filter = spec.pattern
+        if spec.queue is not None:
+            topic_filter = f"$share/{spec.queue}/{spec.pattern}"
+        if topic_filter.startswith("$share/") and not self.session.shared_available:
+            raise SubscriptionError(
+                "the broker does not support shared subscriptions "
+                "(CONNACK Shared Subscription Available = 0)"
+            )
+        qos = spec.qos if spec.qos is not None else self.opts.qos
+        sub_id = next(self._sub_ids)
+        consumer = MqttConsumer(self.hooks, self, spec, sink, topic_filter, qos, sub_id)
+        # Registered before SUBSCRIBE goes out: retained messages follow the SUBACK at once.
+        self._consumers[sub_id] = consumer
+        props = None
+        if self.v5:
+            props = _properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = sub_id
+        try:
+            codes = await self._request(client.subscribe(topic_filter, qos, properties=props))
+        except BaseException:
+            self._consumers.pop(sub_id, None)
+            raise
+        code = codes[0] if codes else None
+        value = code.value if isinstance(code, ReasonCode) else code
+        if value is None or value >= 0x80:
+            self._consumers.pop(sub_id, None)
+            raise SubscriptionError(f"the broker refused the subscription {topic_filter!r}: {code}")
+        return consumer
+
+    async def _request(self, sent: tuple[MQTTErrorCode, int | None]) -> Any:
+        rc, mid = sent
+        if rc != _SUCCESS or mid is None:
+            raise LinkDown(f"writing to the MQTT link failed ({rc})")
+        fut = self._loop.create_future()
+        self._waiting[mid] = fut
+        assert self._pipe is not None
+        self._pipe.flush()
+        try:
+            return await fut
+        finally:
+            self._waiting.pop(mid, None)
+
+    def detach(self, consumer: MqttConsumer) -> None:
+        self._consumers.pop(consumer.sub_id, None)
+        self.resume_if_room()
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        client = self._client
+        if client is None:
+            return
+        if any(c.filter == topic_filter for c in self._consumers.values()):
+            return  # another subscription on this link still needs the same filter
+        await self._request(client.unsubscribe(topic_filter))
+
+    def release(self, inbound: _Inbound) -> None:
+        """One subscription is done with a QoS 1 message; the last one sends the PUBACK."""
+        inbound.remaining -= 1
+        if inbound.remaining == 0 and self.hooks.alive:
+            client = self._client
+            if client is not None:
+                client.ack(inbound.mid, 1)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        self.closing = True
+        pipe, client = self._pipe, self._client
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if pipe is None:
+            self.hooks.lost(LinkDown("closed"))
+            return
+        transport = pipe.transport
+        if client is not None and transport is not None and not transport.is_closing():
+            with contextlib.suppress(Exception):
+                client.disconnect()  # DISCONNECT: no will; a persistent session is kept
+            pipe.flush()
+        self.hooks.lost(LinkDown("closed"))
+        if transport is not None and not transport.is_closing():
+            transport.close()
+        try:
+            async with asyncio.timeout(2):
+                await asyncio.shield(pipe.closed)
+        except TimeoutError:
+            if transport is not None:
+                transport.abort()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await asyncio.shield(pipe.closed)
+        finally:
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(LinkDown("closed"))
+            self._waiting.clear()
+            if client is not None:
+                client.aiobus_link = None
+                client.aiobus_sock = None
+
+    @property
+    def raw(self) -> Any:
+        """paho's ``Client`` driving this link (outside aiobus's guarantees)."""
+        return self._client
+
+
+def _delivery_fields(
+    props: Any,
+) -> tuple[dict[str, Any], str | None, str | None, str | None, str | None]:
+    """headers, content type, message id, correlation id, reply-to from MQTT 5 properties."""
+    if props is None:
+        return {}, None, None, None, None
+    headers: dict[str, Any] = {}
+    message_id = None
+    user = getattr(props, "UserProperty", None)
+    if user:
+        for key, value in user:
+            if key == MESSAGE_ID_PROPERTY and message_id is None:
+                message_id = value
+            else:
+                headers[key] = value
+    correlation = getattr(props, "CorrelationData", None)
+    correlation_id = None
+    if correlation is not None:
+        correlation_id = bytes(correlation).decode("utf-8", "replace")
+    return (
+        headers,
+        getattr(props, "ContentType", None),
+        message_id,
+        correlation_id,
+        getattr(props, "ResponseTopic", None),
+    )
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _connack_error(code: int, reason: str, v5: bool) -> Exception:
+    if v5:
+        if code in (0x86, 0x87, 0x8C):  # bad user name or password, not authorized, bad auth
+            return AuthenticationError(f"the broker refused the credentials: {reason}")
+        if code == 0x84:
+            return ProtocolMismatch(f"the broker does not speak MQTT 5: {reason}")
+        if code in (0x88, 0x89, 0x97, 0x9C, 0x9D, 0x9F):  # unavailable, busy, quota, moved...
+            return TransientConnectError(f"the broker refused the connection: {reason}")
+        return PermanentConnectError(f"the broker refused the connection: {reason}")
+    if code in (4, 5):
+        return AuthenticationError(f"the broker refused the credentials: {reason}")
+    if code == 1:
+        return ProtocolMismatch(f"the broker does not speak MQTT 3.1.1: {reason}")
+    if code == 3:
+        return TransientConnectError(f"the broker is unavailable: {reason}")
+    return PermanentConnectError(f"the broker refused the connection: {reason}")

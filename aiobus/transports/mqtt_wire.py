@@ -1,0 +1,270 @@
+"""The wire under the MQTT adapter: an asyncio connection that paho reads and writes as a socket.
+
+paho-mqtt's ``Client`` is a protocol engine with a blocking connect (DNS, TCP, TLS and the
+WebSocket handshake run synchronously, which is why aiomqtt puts them in an executor thread
+that cancellation cannot stop). Here asyncio makes the connection (``loop.create_connection``,
+TLS included, cancellable, no thread), and paho gets a ``_Pipe``: a socket-like object whose
+``recv`` reads what the transport delivered and whose ``send`` queues bytes that are written in
+one ``transport.write`` per loop turn. Backpressure is ``transport.pause_reading()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from paho.mqtt.client import Client, _WebsocketWrapper
+from paho.mqtt.enums import MQTTErrorCode
+
+from ..errors import PermanentConnectError, ProtocolMismatch, TransientConnectError
+
+_AGAIN = MQTTErrorCode.MQTT_ERR_AGAIN
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class _Pipe(asyncio.Protocol):
+    """An asyncio protocol that also looks enough like a non-blocking socket for paho."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._rx = bytearray()
+        self._pos = 0
+        self._tx: list[bytes | bytearray] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self.eof = False
+        self.closed: asyncio.Future[BaseException | None] = loop.create_future()
+        self.last_in = loop.time()
+        self.last_out = self.last_in
+        #: Called when bytes arrive (the link parses them) and when the peer goes away.
+        self.on_data: Callable[[], None] | None = None
+        self.on_lost: Callable[[BaseException | None], None] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._pos >= len(self._rx):
+            self._rx = bytearray(data)
+            self._pos = 0
+        else:
+            self._rx += data
+        self.last_in = self._loop.time()
+        if self.on_data is not None:
+            self.on_data()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.on_data is not None:
+            self.on_data()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self.closed.done():
+            self.closed.set_result(exc)
+        if self.on_lost is not None:
+            self.on_lost(exc)
+
+    # -- what paho calls -------------------------------------------------------------------
+
+    def recv(self, bufsize: int) -> bytes:
+        pos = self._pos
+        end = len(self._rx)
+        if pos >= end:
+            if self.eof:
+                return b""
+            raise BlockingIOError
+        stop = pos + bufsize
+        if stop >= end:
+            data = bytes(self._rx[pos:]) if pos else bytes(self._rx)
+            self._rx = bytearray()
+            self._pos = 0
+            return data
+        self._pos = stop
+        return bytes(self._rx[pos:stop])
+
+    def send(self, data: bytes | bytearray) -> int:
+        if self.closed.done():
+            raise ConnectionResetError("the MQTT connection is closed")
+        self._tx.append(data)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+        return len(data)
+
+    def setblocking(self, flag: bool) -> None:
+        """The transport is non-blocking already."""
+
+    def fileno(self) -> int:
+        return -1
+
+    def pending(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- ours ------------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed to paho."""
+        return len(self._rx) - self._pos
+
+    def flush(self) -> None:
+        """Write everything paho queued in one go: one syscall per loop turn, not per packet."""
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self._flush_handle = None
+        tx = self._tx
+        if not tx or self.transport is None or self.transport.is_closing():
+            tx.clear()
+            return
+        self.transport.write(tx[0] if len(tx) == 1 else b"".join(tx))
+        tx.clear()
+        self.last_out = self._loop.time()
+
+    async def read_until(self, marker: bytes, limit: int = 65536) -> bytes:
+        """For the WebSocket handshake: bytes up to and including ``marker``."""
+        while True:
+            at = self._rx.find(marker, self._pos)
+            if at >= 0:
+                end = at + len(marker)
+                head = bytes(self._rx[self._pos : end])
+                self._pos = end
+                return head
+            if self.eof or self.closed.done():
+                raise TransientConnectError(
+                    "the server closed the connection during the WebSocket handshake"
+                )
+            if self.buffered > limit:
+                raise ProtocolMismatch("no WebSocket handshake answer in the first 64 KiB")
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self.on_data = functools.partial(_wake, waiter)
+            try:
+                await waiter
+            finally:
+                self.on_data = None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _WsSocket(_WebsocketWrapper):
+    """paho's WebSocket framing over our pipe; the handshake was done asynchronously before."""
+
+    def _do_handshake(self, extra_headers: Any) -> None:
+        self.connected = True
+
+
+async def websocket_handshake(pipe: _Pipe, host: str, port: int, path: str, tls: bool) -> None:
+    """The HTTP/1.1 upgrade (RFC 6455) with subprotocol ``mqtt``, without blocking the loop."""
+    key = base64.b64encode(os.urandom(16))
+    default_port = 443 if tls else 80
+    host_port = host if port == default_port else f"{host}:{port}"
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+    ).encode()
+    assert pipe.transport is not None
+    pipe.transport.write(request)
+    head = await pipe.read_until(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    if len(status) < 2 or status[1] != "101":
+        what = lines[0] or "nothing"
+        if len(status) >= 2 and status[1] in ("401", "403"):
+            raise PermanentConnectError(f"WebSocket upgrade refused: {what}")
+        if len(status) >= 2 and status[1] == "404":
+            raise PermanentConnectError(f"WebSocket path {path!r} not found: {what}")
+        raise ProtocolMismatch(f"WebSocket upgrade refused: {what}")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    expected = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest()).decode()
+    if headers.get("sec-websocket-accept") != expected:
+        raise ProtocolMismatch("WebSocket handshake: wrong Sec-WebSocket-Accept")
+
+
+def websocket_over(pipe: _Pipe, host: str, port: int, path: str) -> Any:
+    """paho's frame codec on top of the pipe (TLS, if any, is below the pipe, in asyncio)."""
+    sock: Any = pipe
+    return _WsSocket(sock, host, port, False, path, None)
+
+
+class PahoClient(Client):
+    """paho's client with the hooks aiobus needs where paho's own behaviour is wrong for it.
+
+    * ``_create_socket``: hands paho the connection asyncio made, so ``connect()`` never
+      blocks and no thread is involved.
+    * ``_handle_pubackcomp`` / ``_handle_pubrec``: outcomes go to the link with their MQTT 5
+      reason code (paho ignores PUBREC codes and sends PUBREL even after a refusal), and
+      publishes are tracked by the link, not in paho's ``_out_messages`` (no ``MQTTMessage``
+      per publish, no paho in-flight limit: the core's window is the one).
+    * ``_handle_pubrel``: in manual-ack mode paho never answers a PUBREL (and a PUBREL for a
+      packet id it does not know, as after a reconnect on a persistent session, would leave
+      the broker's QoS 2 flow stuck forever). QoS 2 is complete for the client once the
+      message is handed over, so PUBCOMP always goes out here.
+    """
+
+    aiobus_sock: Any = None
+    aiobus_link: Any = None
+
+    def _create_socket(self) -> Any:
+        return self.aiobus_sock
+
+    def _handle_pubackcomp(self, cmd: str) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if len(packet) < 2:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        mid = (packet[0] << 8) | packet[1]
+        code = packet[2] if len(packet) > 2 else 0
+        self.aiobus_link.on_acked(mid, code, packet, cmd == "PUBCOMP")
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_pubrec(self) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if len(packet) < 2:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        mid = (packet[0] << 8) | packet[1]
+        code = packet[2] if len(packet) > 2 else 0
+        if self.aiobus_link.on_pubrec(mid, code, packet):
+            return self._send_pubrel(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_pubrel(self) -> MQTTErrorCode:
+        packet = self._in_packet["packet"]
+        if len(packet) < 2:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        mid = (packet[0] << 8) | packet[1]
+        rc: MQTTErrorCode = super()._handle_pubrel()  # hands a known message over
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return rc
+        return self._send_pubcomp(mid)
+
+    def read_packet(self) -> MQTTErrorCode:
+        """Parse one packet from what the pipe holds; MQTT_ERR_AGAIN once it is drained."""
+        rc: MQTTErrorCode = self._packet_read()
+        return rc
+
+
+AGAIN = _AGAIN
