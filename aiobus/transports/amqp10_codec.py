@@ -199,7 +199,10 @@ def _json_default(obj: Any) -> Any:
 
 def decoded_fields(message: Any) -> dict[str, Any]:
     """Delivery fields from a decoded ``proton.Message``."""
-    content_type = str(message.content_type) if message.content_type else None
+    # proton 0.40 wraps a missing content-type as symbol(None), which reads "None".
+    content_type: str | None = str(message.content_type)
+    if content_type in ("", "None"):
+        content_type = None
     body, content_type = body_bytes(message.body, content_type)
     props = message.properties
     headers: dict[str, Any] = {}
