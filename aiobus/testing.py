@@ -6,6 +6,9 @@ Enable with ``pytest_plugins = ["aiobus.testing"]`` in your ``conftest.py``, the
         async with aiobus.connect(memory_broker.url()) as bus:
             ...
             memory_broker.kill_links()        # the link dies now; aiobus reconnects
+
+For real brokers, ``FaultProxy`` sits between aiobus and the broker and cuts, stalls
+(black-holes), slows or refuses connections on command.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from .faultproxy import FaultProxy
 from .memory_broker import MemoryBroker
+
+__all__ = ["FaultProxy", "MemoryBroker", "fresh_memory_broker", "memory_broker"]
 
 _names = itertools.count(1)
 
