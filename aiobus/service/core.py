@@ -159,7 +159,9 @@ class Service:
         if self._running:
             raise ConfigError("register subscribers before the service is serving")
         invoker = invoker_for(fn)
-        name = name if name is not None else getattr(fn, "__qualname__", repr(fn))
+        if name is None:
+            # "Class.method" or "function"; a nested function keeps only its own part.
+            name = str(getattr(fn, "__qualname__", repr(fn))).rsplit("<locals>.", 1)[-1]
         if not isinstance(name, str) or not name:
             raise ConfigError(f"name must be a non-empty str, got {name!r}")
         if name in self._specs:

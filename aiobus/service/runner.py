@@ -84,16 +84,14 @@ class Runner:
         self._subs: list[Subscription] = []
         self._readers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lanes: dict[Hashable, deque[Delivery]] = {}
+        self._lanes: dict[Hashable, deque[tuple[Delivery, asyncio.Semaphore]]] = {}
         self._local_failures: OrderedDict[str, int] = OrderedDict()
         self._slots: asyncio.Semaphore | None = None
-        self._inhand: asyncio.Semaphore | None = None
 
     # -- life -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self.spec.concurrency)
-        self._inhand = asyncio.Semaphore(sum(s.prefetch for s in self.sources))
         bus = self.service.bus
         for source in self.sources:
             sub = bus.subscribe(
@@ -103,8 +101,11 @@ class Runner:
             self._subs.append(sub)
         loop = asyncio.get_running_loop()
         for sub in self._subs:
+            # Taken and not finished, per subscription: at most its prefetch. A reader never
+            # holds a handler slot while it waits for a message (it would starve the other).
+            inhand = asyncio.Semaphore(sub.spec.prefetch)
             self._readers.append(
-                loop.create_task(self._read(sub), name=f"aiobus reader {self.spec.name}")
+                loop.create_task(self._read(sub, inhand), name=f"aiobus reader {self.spec.name}")
             )
 
     async def stop_reading(self) -> None:
@@ -142,24 +143,20 @@ class Runner:
 
     # -- reading and dispatch -------------------------------------------------------------
 
-    async def _read(self, sub: Subscription) -> None:
+    async def _read(self, sub: Subscription, inhand: asyncio.Semaphore) -> None:
         keyed = self.spec.key is not None
-        slots, inhand = self._slots, self._inhand
-        assert slots is not None
-        assert inhand is not None
-        gate = inhand if keyed else slots
         try:
             while True:
-                await gate.acquire()
+                await inhand.acquire()
                 try:
                     delivery = await sub.__anext__()
                 except BaseException:
-                    gate.release()
+                    inhand.release()
                     raise
                 if keyed:
-                    self._enqueue(delivery)
+                    self._enqueue(delivery, inhand)
                 else:
-                    self._spawn(self._one(delivery))
+                    self._spawn(self._one(delivery, inhand))
         except StopAsyncIteration:
             return
         except asyncio.CancelledError:
@@ -173,46 +170,49 @@ class Runner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _one(self, delivery: Delivery) -> None:
+    async def _one(self, delivery: Delivery, inhand: asyncio.Semaphore) -> None:
         assert self._slots is not None
-        try:
+        async with self._slots:
             await self._process(delivery, None)
-        finally:
-            self._slots.release()
+        inhand.release()
 
-    def _enqueue(self, delivery: Delivery) -> None:
+    def _enqueue(self, delivery: Delivery, inhand: asyncio.Semaphore) -> None:
         assert self.spec.key is not None
         try:
             key = self.spec.key(delivery)
         except Exception as exc:  # a broken key function fails this message, not the service
-            self._spawn(self._lane_of_one(delivery, exc))
+            self._spawn(self._lane_of_one(delivery, inhand, exc))
             return
         if key is None:
-            self._spawn(self._lane_of_one(delivery, None))
+            self._spawn(self._lane_of_one(delivery, inhand, None))
             return
+        entry = (delivery, inhand)
         lane = self._lanes.get(key)
         if lane is not None:
-            lane.append(delivery)
+            lane.append(entry)
             return
-        lane = self._lanes[key] = deque([delivery])
+        lane = self._lanes[key] = deque([entry])
         self._spawn(self._run_lane(key, lane))
 
-    async def _lane_of_one(self, delivery: Delivery, error: Exception | None) -> None:
+    async def _lane_of_one(
+        self, delivery: Delivery, inhand: asyncio.Semaphore, error: Exception | None
+    ) -> None:
         assert self._slots is not None
-        assert self._inhand is not None
         async with self._slots:
             await self._process(delivery, error)
-        self._inhand.release()
+        inhand.release()
 
-    async def _run_lane(self, key: Hashable, lane: deque[Delivery]) -> None:
+    async def _run_lane(
+        self, key: Hashable, lane: deque[tuple[Delivery, asyncio.Semaphore]]
+    ) -> None:
         assert self._slots is not None
-        assert self._inhand is not None
         try:
             while lane:
+                delivery, inhand = lane[0]
                 async with self._slots:
-                    await self._process(lane[0], None)
+                    await self._process(delivery, None)
                 lane.popleft()  # only now: until settled, the next one with this key waits
-                self._inhand.release()
+                inhand.release()
         finally:
             if self._lanes.get(key) is lane:
                 del self._lanes[key]
