@@ -12,6 +12,7 @@ reconnects of one connection.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import math
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 #: The user property that carries ``message_id`` on MQTT 5 (MQTT has no such field).
 MESSAGE_ID_PROPERTY = "message-id"
+#: Messages held while a subscription's buffer is full before the socket stops being read.
+HOLD_LIMIT = 1000
 
 
 def _options(settings: Settings) -> MqttOptions:
@@ -229,16 +232,13 @@ class MqttConsumer(Consumer):
         sink: DeliverySink,
         topic_filter: str,
         qos: int,
-        sub_id: int,
     ) -> None:
         super().__init__(hooks)
         self.link = link
         self.sink = sink
         self.filter = topic_filter
         self.qos = qos
-        self.sub_id = sub_id
         self.no_ack = spec.no_ack
-        self.matcher = TopicMatcher(topic_filter, "mqtt")
         self.unacked: dict[int, _Inbound] = {}
         self.returns_on_loss = _persistent(link.opts)
         sink.on_space(link.resume_if_room)
@@ -294,14 +294,43 @@ class MqttConsumer(Consumer):
             return
         self.cancelled = True
         link = self.link
-        link.detach(self)
         # MQTT cannot give a message back: unacked ones are acknowledged so that the broker's
         # in-flight window for this client is not held by a subscription that is gone.
         for inbound in self.unacked.values():
             link.release(inbound)
         self.unacked.clear()
-        if link.hooks.alive and not link.closing:
-            await link.unsubscribe(self.filter)
+        await link.detach(self)
+
+
+class _Group:
+    """One broker subscription (one filter) and the consumers that share it."""
+
+    __slots__ = ("consumers", "filter", "matcher", "next", "ready", "shared", "sub_id")
+
+    def __init__(self, topic_filter: str, sub_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.filter = topic_filter
+        self.sub_id = sub_id
+        self.shared = topic_filter.startswith("$share/")
+        self.matcher = TopicMatcher(topic_filter, "mqtt")
+        self.consumers: list[MqttConsumer] = []
+        self.next = 0
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.ready.add_done_callback(_retrieve)
+
+    def targets(self) -> list[MqttConsumer]:
+        consumers = self.consumers
+        if not self.shared or len(consumers) <= 1:
+            return consumers
+        # Shared: one consumer per message, round robin, skipping full buffers if it can.
+        count = len(consumers)
+        for step in range(count):
+            consumer = consumers[(self.next + step) % count]
+            if consumer.sink.room > 0:
+                self.next = (self.next + step + 1) % count
+                return [consumer]
+        consumer = consumers[self.next % count]
+        self.next = (self.next + 1) % count
+        return [consumer]
 
 
 # -- the link -------------------------------------------------------------------------------------
@@ -337,11 +366,15 @@ class MqttLink(Link):
         self._pipe: _Pipe | None = None
         self._client: PahoClient | None = None
         self._out: dict[int, Outgoing] = {}
-        self._consumers: dict[int, MqttConsumer] = {}
+        #: One broker subscription per distinct filter; consumers with the same filter share it.
+        self._groups: dict[str, _Group] = {}
+        self._groups_by_id: dict[int, _Group] = {}
+        self._held: collections.deque[MQTTMessage] = collections.deque()
+        self._holding = False
+        self._reading_paused = False
         self._sub_ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._connack: asyncio.Future[tuple[Any, Any, Any]] | None = None
-        self._paused = False
         self._keepalive = 0.0
         self._ping_sent = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -610,25 +643,34 @@ class MqttLink(Link):
             fut.set_result(reason_codes)
 
     def _on_message(self, client: Any, userdata: Any, msg: MQTTMessage) -> None:
+        if self._holding:
+            self._hold(msg)
+        else:
+            self._dispatch(msg)
+
+    def _dispatch(self, msg: MQTTMessage) -> None:
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = None
         props: Any = msg.properties if self.v5 else None
-        targets: list[MqttConsumer]
+        groups: list[_Group]
         if props is not None and hasattr(props, "SubscriptionIdentifier"):
-            by_id = self._consumers
-            targets = [by_id[i] for i in props.SubscriptionIdentifier if i in by_id]
+            by_id = self._groups_by_id
+            groups = [by_id[i] for i in props.SubscriptionIdentifier if i in by_id]
         elif topic is not None:
-            targets = [c for c in self._consumers.values() if c.matcher.matches(topic)]
+            groups = [g for g in self._groups.values() if g.matcher.matches(topic)]
         else:
-            targets = []
+            groups = []
+        targets = (
+            groups[0].targets() if len(groups) == 1 else [c for g in groups for c in g.targets()]
+        )
         qos = msg.qos
         if not targets or topic is None:
             # Nobody to hand it to (an unsubscribe in flight, an undecodable topic): it must
             # still be acknowledged, or the broker's window for this client shrinks for good.
-            if qos == 1:
-                client.ack(msg.mid, 1)
+            if qos == 1 and self._client is not None:
+                self._client.ack(msg.mid, 1)
             return
         inbound = _Inbound(msg.mid, len(targets)) if qos == 1 else None
         fields = _delivery_fields(props)
@@ -636,18 +678,16 @@ class MqttLink(Link):
         for consumer in targets:
             consumer.deliver(msg, topic, inbound, fields, now)
             if consumer.sink.room <= 0:
-                self._pause()
+                self._holding = True
 
     # -- reading, backpressure, keep-alive -----------------------------------------------------
 
     def _on_data(self) -> None:
-        if self._paused:
-            return
         client = self._client
-        if client is None:
+        if client is None or self._reading_paused:
             return
         try:
-            while not self._paused:
+            while not self._reading_paused:
                 rc = client.read_packet()
                 if rc == AGAIN:
                     break
@@ -667,29 +707,41 @@ class MqttLink(Link):
         if client._out_packet:  # packets queued from inside paho's callbacks
             client.loop_write()
 
-    def _pause(self) -> None:
-        """A subscription's buffer is full: stop reading the socket; the broker holds the
-        rest (TCP backpressure), nothing is dropped."""
-        if not self._paused:
-            self._paused = True
+    def _hold(self, msg: MQTTMessage) -> None:
+        """A subscription's buffer is full. Messages that keep coming wait here, unacked, while
+        the rest of the stream (PUBACKs for our publishes, PINGRESP) is still read: a
+        publisher awaiting confirms on this connection must not deadlock behind a slow
+        consumer. Past ``HOLD_LIMIT`` (only QoS 0 can get there: QoS 1/2 are bounded by the
+        broker's in-flight window) the socket is not read any more: TCP backpressure, and the
+        broker keeps the rest. Nothing is ever dropped."""
+        held = self._held
+        held.append(msg)
+        if len(held) >= HOLD_LIMIT and not self._reading_paused:
+            self._reading_paused = True
             pipe = self._pipe
             if pipe is not None and pipe.transport is not None:
                 pipe.transport.pause_reading()
 
     def resume_if_room(self) -> None:
-        if not self._paused:
+        if not self._holding:
             return
-        if any(c.sink.room <= 0 for c in self._consumers.values()):
-            return
-        self._paused = False
+        for group in self._groups.values():
+            if any(c.sink.room <= 0 for c in group.consumers):
+                return
+        self._holding = False
+        held = self._held
+        while held and not self._holding:
+            self._dispatch(held.popleft())
         pipe = self._pipe
-        if pipe is None or not self.hooks.alive:
+        if self._holding or not self._reading_paused or pipe is None or not self.hooks.alive:
             return
+        self._reading_paused = False
         pipe.last_in = self._loop.time()
         self._ping_sent = 0.0
         self._on_data()
-        if not self._paused and pipe.transport is not None and not pipe.transport.is_closing():
-            pipe.transport.resume_reading()
+        transport = pipe.transport
+        if not self._reading_paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def _tick(self) -> None:
         """Keep-alive: PINGREQ when the link has been quiet, dead when a ping goes unanswered
@@ -700,7 +752,7 @@ class MqttLink(Link):
             return
         interval = self._keepalive
         now = self._loop.time()
-        if self._paused:
+        if self._reading_paused:
             # We are not reading on purpose, so silence proves nothing; the broker still needs
             # to hear from us within its keep-alive.
             if now - pipe.last_out >= interval / 2:
@@ -740,6 +792,9 @@ class MqttLink(Link):
             if not fut.done():
                 fut.set_exception(LinkDown(str(exc)))
         self._waiting.clear()
+        for group in self._groups.values():
+            if not group.ready.done():
+                group.ready.set_exception(LinkDown(str(exc)))
         pipe = self._pipe
         if pipe is not None and pipe.transport is not None and not pipe.transport.is_closing():
             pipe.transport.abort()
@@ -835,25 +890,44 @@ class MqttLink(Link):
                 "(CONNACK Shared Subscription Available = 0)"
             )
         qos = spec.qos if spec.qos is not None else self.opts.qos
+        consumer = MqttConsumer(self.hooks, self, spec, sink, topic_filter, qos)
+        group = self._groups.get(topic_filter)
+        if group is not None:
+            # One session cannot hold the same filter twice (a second SUBSCRIBE replaces the
+            # first), so subscriptions with the same filter share one: a shared filter hands
+            # each message to one of them, a plain one to each.
+            await asyncio.shield(group.ready)
+            group.consumers.append(consumer)
+            return consumer
         sub_id = next(self._sub_ids)
-        consumer = MqttConsumer(self.hooks, self, spec, sink, topic_filter, qos, sub_id)
+        group = _Group(topic_filter, sub_id, self._loop)
+        group.consumers.append(consumer)
         # Registered before SUBSCRIBE goes out: retained messages follow the SUBACK at once.
-        self._consumers[sub_id] = consumer
+        self._groups[topic_filter] = group
+        self._groups_by_id[sub_id] = group
         props = None
         if self.v5:
             props = _properties(PacketTypes.SUBSCRIBE)
             props.SubscriptionIdentifier = sub_id
         try:
             codes = await self._request(client.subscribe(topic_filter, qos, properties=props))
-        except BaseException:
-            self._consumers.pop(sub_id, None)
+            code = codes[0] if codes else None
+            value = code.value if isinstance(code, ReasonCode) else code
+            if value is None or value >= 0x80:
+                raise SubscriptionError(
+                    f"the broker refused the subscription {topic_filter!r}: {code}"
+                )
+        except BaseException as exc:
+            self._drop_group(group)
+            group.ready.set_exception(exc)
             raise
-        code = codes[0] if codes else None
-        value = code.value if isinstance(code, ReasonCode) else code
-        if value is None or value >= 0x80:
-            self._consumers.pop(sub_id, None)
-            raise SubscriptionError(f"the broker refused the subscription {topic_filter!r}: {code}")
+        group.ready.set_result(None)
         return consumer
+
+    def _drop_group(self, group: _Group) -> None:
+        if self._groups.get(group.filter) is group:
+            del self._groups[group.filter]
+        self._groups_by_id.pop(group.sub_id, None)
 
     async def _request(self, sent: tuple[MQTTErrorCode, int | None]) -> Any:
         rc, mid = sent
@@ -868,17 +942,19 @@ class MqttLink(Link):
         finally:
             self._waiting.pop(mid, None)
 
-    def detach(self, consumer: MqttConsumer) -> None:
-        self._consumers.pop(consumer.sub_id, None)
-        self.resume_if_room()
-
-    async def unsubscribe(self, topic_filter: str) -> None:
-        client = self._client
-        if client is None:
+    async def detach(self, consumer: MqttConsumer) -> None:
+        """Remove a cancelled consumer; the last one of a filter unsubscribes it."""
+        group = self._groups.get(consumer.filter)
+        if group is None or consumer not in group.consumers:
             return
-        if any(c.filter == topic_filter for c in self._consumers.values()):
-            return  # another subscription on this link still needs the same filter
-        await self._request(client.unsubscribe(topic_filter))
+        group.consumers.remove(consumer)
+        self.resume_if_room()
+        if group.consumers:
+            return
+        self._drop_group(group)
+        client = self._client
+        if client is not None and self.hooks.alive and not self.closing:
+            await self._request(client.unsubscribe(consumer.filter))
 
     def release(self, inbound: _Inbound) -> None:
         """One subscription is done with a QoS 1 message; the last one sends the PUBACK."""
