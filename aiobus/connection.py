@@ -415,6 +415,10 @@ class Connection:
         for sub in self._subs:
             sub._fail(ConnectionClosed(reason))
         self._set_state(State.CLOSED, reason=reason)
+        first = self._first
+        if first is not None and not first.done():
+            # Still inside ``async with``: it must raise, not wait forever.
+            first.set_exception(error)
 
     # -- publishing --------------------------------------------------------------------------
 
