@@ -68,6 +68,7 @@ class Service:
         if dead_letter_topic is not None:
             DeadLetter(dead_letter_topic)  # the same check as a policy's topic
         self.bus = bus
+        self._running = False
         self.middleware: list[Middleware] = []
         for mw in middleware:
             self.use(mw)
@@ -78,7 +79,6 @@ class Service:
         self._instance = secrets.token_hex(4)
         self._specs: dict[str, tuple[SubscriberSpec, list[Source], str | None, bool]] = {}
         self._runners: dict[str, Runner] = {}
-        self._running = False
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
         self._replies: ReplyChannel | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from tests.helpers import other_tasks, through_outage
 
 
 @pytest.fixture
-def acks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Delivery]]:
+def acks(monkeypatch: pytest.MonkeyPatch) -> list[Delivery]:
     """Every delivery acked, in order (to prove "acked once")."""
     seen: list[Delivery] = []
     original = Delivery.ack
