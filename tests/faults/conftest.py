@@ -1,0 +1,61 @@
+"""Chaos targets for the fault tests: one per protocol and broker, with a real kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import aio_pika
+import pytest
+
+from aiobus.memory_broker import MemoryBroker
+from aiobus.testing import fresh_memory_broker
+from tests.faults.scenarios import ChaosTarget
+
+
+async def amqp091_target(node: Any, *, name: str = "rabbitmq-amqp091") -> ChaosTarget:
+    """A durable queue fed through the default exchange; declared with the raw driver and
+    flushed to disk before any kill (RabbitMQ 4.0 keeps definitions in Mnesia)."""
+    queue = f"chaos-{uuid.uuid4().hex[:8]}"
+    async with await aio_pika.connect(node.amqp_url) as conn:
+        channel = await conn.channel()
+        await channel.declare_queue(queue, durable=True)
+    await asyncio.to_thread(node.sync_metadata)
+
+    async def kill() -> None:
+        await asyncio.to_thread(node.restart, hard=True)
+
+    return ChaosTarget(
+        name=name,
+        url=node.amqp_url,
+        publish_topic=queue,
+        publish_options={"exchange": ""},
+        subscribe={"pattern": "", "queue": queue, "prefetch": 200},
+        kill=kill,
+        connect_options={"backoff_initial": 0.05, "backoff_max": 0.5, "heartbeat": 5},
+    )
+
+
+def memory_target() -> tuple[ChaosTarget, MemoryBroker]:
+    broker = fresh_memory_broker()
+
+    async def kill() -> None:
+        broker.kill_links("chaos")
+
+    target = ChaosTarget(
+        name="memory",
+        url=broker.url(),
+        publish_topic="chaos",
+        subscribe={"pattern": "chaos", "queue": "chaos", "prefetch": 200},
+        kill=kill,
+        connect_options={"backoff_initial": 0.001},
+    )
+    return target, broker
+
+
+@pytest.fixture
+def memory_chaos() -> Any:
+    target, broker = memory_target()
+    yield target
+    MemoryBroker.drop(broker.name)
