@@ -60,6 +60,7 @@ _PERMANENT_CONDITIONS = {
     "amqp:invalid-field",
 }
 _link_names = itertools.count(1)
+_RABBITMQ_V2 = ("/queues/", "/exchanges/")
 
 
 def _options(settings: Settings) -> Amqp1Options:
@@ -192,7 +193,10 @@ class _SenderState:
             hooks.settled(msg, msg.tag)
         elif state == REJECTED:
             reason, code = _condition_text(dlv.remote.condition)
-            hooks.failed(msg, Nacked(f"rejected by {msg.topic!r}: {reason}", code=code))
+            # RabbitMQ 4 rejects an overflowing reject-publish queue with no error condition.
+            hooks.failed(
+                msg, Nacked(f"rejected by {msg.topic!r}: {reason}", code=code or "rejected")
+            )
         elif state == RELEASED:
             if self.link.mandatory if msg.mandatory is None else msg.mandatory:
                 hooks.failed(
@@ -397,6 +401,7 @@ class Amqp10Link(Link, asyncio.Protocol):
         self._anon: _SenderState | None = None
         self._senders: dict[str, _SenderState] = {}
         self._use_anon = False
+        self._rabbitmq = False
         self._opened: asyncio.Future[None] = self.loop.create_future()
         self.dead: asyncio.Future[None] = self.loop.create_future()
         self._sock_closed: asyncio.Future[None] = self.loop.create_future()
@@ -537,6 +542,8 @@ class Amqp10Link(Link, asyncio.Protocol):
         relay = any(str(c) == "ANONYMOUS-RELAY" for c in offered)
         choice = opts.anonymous_relay
         self._use_anon = choice == "always" or (choice == "auto" and relay)
+        props = conn.remote_properties or {}
+        self._rabbitmq = str(props.get(proton.symbol("product"), "")) == "RabbitMQ"
         if self._use_anon:
             self._anon = self._add_sender(None)
             self.flush()
@@ -781,6 +788,7 @@ class Amqp10Link(Link, asyncio.Protocol):
         self.dead.set_result(None)
         if not self._opened.done():
             self._opened.set_exception(exc)
+            self._opened.exception()  # open() re-raises it if it still waits; else not news
         self.hooks.lost(exc)
         for state in list(self._states.values()):
             if isinstance(state, _ReceiverState):
@@ -848,20 +856,23 @@ class Amqp10Link(Link, asyncio.Protocol):
         if self.dead.done():
             raise LinkDown(f"the AMQP 1.0 link is dead: {self._error}")
         anon = self._anon
-        if anon is not None:
-            anon.queue.extend(batch)
-            anon.pump()
-        else:
-            touched: dict[int, _SenderState] = {}
-            senders = self._senders
-            for msg in batch:
-                state = senders.get(msg.topic)
+        touched: dict[int, _SenderState] = {}
+        senders = self._senders
+        rabbitmq = self._rabbitmq
+        for msg in batch:
+            topic = msg.topic
+            # RabbitMQ 4 takes only its v2 addresses in ``to``; the older forms work as a
+            # link's target, so those get a sender (and a session) of their own.
+            if anon is not None and (not rabbitmq or topic.startswith(_RABBITMQ_V2)):
+                state = anon
+            else:
+                state = senders.get(topic)
                 if state is None:
-                    state = senders[msg.topic] = self._add_sender(msg.topic)
-                state.queue.append(msg)
-                touched[id(state)] = state
-            for state in touched.values():
-                state.pump()
+                    state = senders[topic] = self._add_sender(topic)
+            state.queue.append(msg)
+            touched[id(state)] = state
+        for state in touched.values():
+            state.pump()
         self.flush()
 
     # -- receiving ---------------------------------------------------------------------------
@@ -884,13 +895,16 @@ class Amqp10Link(Link, asyncio.Protocol):
         state = _ReceiverState(receiver, session, consumer)
         consumer.state = state
         self._states[receiver] = state
-        receiver.flow(spec.prefetch)
         self.flush()
         try:
             await asyncio.shield(state.attached)
         except BaseException:
             consumer.cancelled = True
             raise
+        # Credit only once attached: RabbitMQ 4.0 oversends (twice the credit, measured) when
+        # the flow frame arrives together with the attach.
+        receiver.flow(spec.prefetch)
+        self.flush()
         return consumer
 
     @property

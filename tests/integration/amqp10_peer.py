@@ -108,8 +108,9 @@ class PeerConnection(asyncio.Protocol):
             if dlv.link.is_receiver:
                 self.received(dlv)
             elif dlv.updated:
-                self.peer.dispositions.append((dlv.remote_state, dlv.remote.failed,
-                                               dlv.remote.undeliverable))
+                self.peer.dispositions.append(
+                    (dlv.remote_state, dlv.remote.failed, dlv.remote.undeliverable)
+                )
                 dlv.settle()
                 self.peer.disposed.set()
         elif t == Event.LINK_REMOTE_CLOSE:

@@ -94,12 +94,15 @@ async def test_detached_consumer_fails_its_subscription_only() -> None:
 
 
 async def test_ended_session_takes_only_its_own_link() -> None:
-    script = Script(end_session={"/queues/missing": "amqp:not-found"},
-                    to_send=[Message(body=b"for the good one", inferred=True)])
+    script = Script(
+        end_session={"/queues/missing": "amqp:not-found"},
+        to_send=[Message(body=b"for the good one", inferred=True)],
+    )
     async with ScriptedPeer(script) as peer:
-        async with aiobus.amqp1.connect(peer.url, **FAST) as bus, bus.subscribe(
-            "/queues/good"
-        ) as good:
+        async with (
+            aiobus.amqp1.connect(peer.url, **FAST) as bus,
+            bus.subscribe("/queues/good") as good,
+        ):
             with pytest.raises(aiobus.SubscriptionError, match="'/queues/missing'"):
                 async with bus.subscribe("/queues/missing"):
                     pass
@@ -151,9 +154,10 @@ async def test_settlements_map_to_outcomes_and_bodies_decode() -> None:
         Message(body=b"four", inferred=True, properties={"h": "v"}, subject="s1"),
     ]
     async with ScriptedPeer(Script(to_send=to_send)) as peer:
-        async with aiobus.amqp1.connect(peer.url, **FAST) as bus, bus.subscribe(
-            "/queues/in", prefetch=4
-        ) as sub:
+        async with (
+            aiobus.amqp1.connect(peer.url, **FAST) as bus,
+            bus.subscribe("/queues/in", prefetch=4) as sub,
+        ):
             got = [await sub.get(timeout=5) for _ in range(4)]
             assert got[0].body == b"raw"
             assert got[1].body == b"text" and got[1].content_type.startswith("text/plain")
