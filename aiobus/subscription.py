@@ -30,6 +30,7 @@ class Subscription:
         self._space_callback: Callable[[], None] | None = None
         self._error: BaseException | None = None
         self._closed = False
+        self._paused = False
         self.consumer: Consumer | None = None
 
     @property
@@ -96,7 +97,20 @@ class Subscription:
 
     @property
     def room(self) -> int:
+        if self._paused:
+            return 0
         return self.capacity - len(self._buffer)
+
+    def pause(self) -> None:
+        """Take nothing more: ``room`` reads 0 from now on, so the consumer leaves further
+        messages with the broker (or unacknowledged in the link) while what is already
+        buffered can still be read. For a graceful drain where the protocol cannot give a
+        delivered message back (MQTT): stop the inflow, handle what is in hand, then leave."""
+        self._paused = True
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def on_space(self, callback: Callable[[], None] | None) -> None:
         """Called after the application takes a delivery: a consumer paused on a full buffer
