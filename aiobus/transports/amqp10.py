@@ -863,6 +863,7 @@ class Amqp10Link(Link, asyncio.Protocol):
             topic = msg.topic
             # RabbitMQ 4 takes only its v2 addresses in ``to``; the older forms work as a
             # link's target, so those get a sender (and a session) of their own.
+            state: _SenderState | None = None
             if anon is not None and (not rabbitmq or topic.startswith(_RABBITMQ_V2)):
                 state = anon
             else:
@@ -871,8 +872,8 @@ class Amqp10Link(Link, asyncio.Protocol):
                     state = senders[topic] = self._add_sender(topic)
             state.queue.append(msg)
             touched[id(state)] = state
-        for state in touched.values():
-            state.pump()
+        for used in touched.values():
+            used.pump()
         self.flush()
 
     # -- receiving ---------------------------------------------------------------------------
