@@ -112,6 +112,11 @@ class Subscription:
     def paused(self) -> bool:
         return self._paused
 
+    @property
+    def buffered(self) -> int:
+        """Deliveries waiting in the local buffer (``capacity - room`` only while not paused)."""
+        return len(self._buffer)
+
     def on_space(self, callback: Callable[[], None] | None) -> None:
         """Called after the application takes a delivery: a consumer paused on a full buffer
         (no-ack, MQTT) resumes reading from here."""

@@ -17,6 +17,7 @@ async def test_a_paused_subscription_takes_nothing_more(memory_broker: MemoryBro
             assert sub.room == 0
             sub.pause()
             assert sub.paused
+            assert sub.buffered == 3
             got = [first.text()]
             for _ in range(3):  # the buffered ones are still there
                 msg = await sub.get(timeout=5)
