@@ -109,13 +109,36 @@ class Runner:
             )
 
     async def stop_reading(self) -> None:
-        """Take no new deliveries; those in the buffers go back to the broker on close."""
+        """Take no new deliveries.
+
+        Where the protocol gives unsettled messages back (AMQP, memory), those already
+        buffered go back to the broker when the subscriptions close. Where it cannot (MQTT
+        acknowledges them when a consumer goes), the inflow is paused first and what is
+        buffered is handled during the drain instead of being dropped.
+        """
+        gives_back = self.service.bus.capabilities.nack
+        if not gives_back:
+            for sub in self._subs:
+                sub.pause()
         for reader in self._readers:
             reader.cancel()
         for reader in self._readers:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
         self._readers.clear()
+        if gives_back:
+            return
+        for sub in self._subs:
+            released = asyncio.Semaphore(0)  # the reader's bound is over: nothing waits on it
+            while sub.buffered:
+                try:
+                    delivery = await sub.__anext__()  # buffered: returns at once
+                except (StopAsyncIteration, AiobusError):
+                    break
+                if self.spec.key is not None:
+                    self._enqueue(delivery, released)
+                else:
+                    self._spawn(self._one(delivery, released))
 
     async def wait_idle(self) -> None:
         while self._tasks:
