@@ -13,6 +13,7 @@ import itertools
 import pkgutil
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,21 @@ class Target:
     """Kill the current link from the broker's side (the connection must reconnect)."""
     options: dict[str, Any] = field(default_factory=dict)
     cleanup: Callable[[], None] = lambda: None
+    topic_prefix: str = ""
+    """Put before every topic: where a protocol publishes to addresses (AMQP 1.0:
+    ``/exchanges/amq.topic/``), ``topic()`` gives the whole address."""
+    subscriber: Callable[..., AbstractAsyncContextManager[Any]] | None = None
+    """``subscriber(bus, pattern, **options)`` for a protocol whose subscriptions need more
+    than ``bus.subscribe`` (AMQP 1.0 consumes from a queue the test declares and binds)."""
 
     def topic(self, *words: str) -> str:
         sep = "." if self.syntax == "amqp" else "/"
-        return sep.join(words)
+        return self.topic_prefix + sep.join(words)
+
+    def subscribe(self, bus: Any, pattern: str, **options: Any) -> AbstractAsyncContextManager[Any]:
+        if self.subscriber is None:
+            return bus.subscribe(pattern, **options)  # type: ignore[no-any-return]
+        return self.subscriber(bus, pattern, **options)
 
     def wildcard_one(self) -> str:
         return "*" if self.syntax == "amqp" else "+"

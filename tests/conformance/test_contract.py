@@ -23,7 +23,7 @@ async def test_publish_resolves_with_a_confirm(target: Target) -> None:
 async def test_round_trip_keeps_body_and_properties(target: Target) -> None:
     topic = target.topic(target.unique(), "rt")
     async with aiobus.connect(target.url, **target.options) as bus:
-        async with bus.subscribe(topic) as sub:
+        async with target.subscribe(bus, topic) as sub:
             # can_headers: the protocol carries message properties at all (MQTT 3.1.1 has
             # none, and passing them there is a ConfigError at the call).
             props = target.can_headers
@@ -48,7 +48,7 @@ async def test_round_trip_keeps_body_and_properties(target: Target) -> None:
 async def test_one_subscription_receives_in_publish_order(target: Target) -> None:
     topic = target.topic(target.unique(), "order")
     async with aiobus.connect(target.url, **target.options) as bus:
-        async with bus.subscribe(topic, prefetch=200) as sub:
+        async with target.subscribe(bus, topic, prefetch=200) as sub:
             await asyncio.gather(*(bus.publish(topic, str(i)) for i in range(1000)))
             got = []
             async with asyncio.timeout(20):
@@ -63,7 +63,7 @@ async def test_one_subscription_receives_in_publish_order(target: Target) -> Non
 async def test_wildcard_subscription_matches_one_level(target: Target) -> None:
     root = target.unique()
     async with aiobus.connect(target.url, **target.options) as bus:
-        async with bus.subscribe(target.topic(root, target.wildcard_one(), "temp")) as sub:
+        async with target.subscribe(bus, target.topic(root, target.wildcard_one(), "temp")) as sub:
             await bus.publish(target.topic(root, "kitchen", "humidity"), b"no", mandatory=False)
             await bus.publish(target.topic(root, "kitchen", "temp"), b"yes")
             msg = await sub.get(timeout=10)
@@ -74,7 +74,7 @@ async def test_wildcard_subscription_matches_one_level(target: Target) -> None:
 async def test_nack_requeues_or_is_not_supported(target: Target) -> None:
     topic = target.topic(target.unique(), "nack")
     async with aiobus.connect(target.url, **target.options) as bus:
-        async with bus.subscribe(topic, queue=target.unique("q")) as sub:
+        async with target.subscribe(bus, topic, queue=target.unique("q")) as sub:
             await bus.publish(topic, b"x")
             msg = await sub.get(timeout=10)
             if not target.can_nack:
@@ -106,8 +106,8 @@ async def test_competing_consumers_share_a_queue(target: Target) -> None:
     queue = target.unique("q")
     async with aiobus.connect(target.url, **target.options) as bus:
         async with (
-            bus.subscribe(topic, queue=queue, prefetch=1) as a,
-            bus.subscribe(topic, queue=queue, prefetch=1) as b,
+            target.subscribe(bus, topic, queue=queue, prefetch=1) as a,
+            target.subscribe(bus, topic, queue=queue, prefetch=1) as b,
         ):
             await asyncio.gather(*(bus.publish(topic, str(i)) for i in range(2)))
             first, second = await a.get(timeout=10), await b.get(timeout=10)
@@ -127,7 +127,7 @@ async def test_bad_topic_is_refused_at_the_call(target: Target) -> None:
 async def test_subscription_survives_a_killed_link(target: Target) -> None:
     topic = target.topic(target.unique(), "survive")
     async with aiobus.connect(target.url, **target.options) as bus:
-        async with bus.subscribe(topic, queue=target.unique("q")) as sub:
+        async with target.subscribe(bus, topic, queue=target.unique("q")) as sub:
             await through_outage(bus, target.kill_link, timeout=20)
             await bus.publish(topic, b"after")
             msg = await sub.get(timeout=10)
@@ -138,7 +138,7 @@ async def test_subscription_survives_a_killed_link(target: Target) -> None:
 async def test_settling_a_delivery_from_a_dead_link_is_stale(target: Target) -> None:
     topic = target.topic(target.unique(), "stale")
     async with aiobus.connect(target.url, **target.options) as bus:
-        async with bus.subscribe(topic, queue=target.unique("q")) as sub:
+        async with target.subscribe(bus, topic, queue=target.unique("q")) as sub:
             await bus.publish(topic, b"x")
             msg = await sub.get(timeout=10)
             await through_outage(bus, target.kill_link, timeout=20)
@@ -148,7 +148,10 @@ async def test_settling_a_delivery_from_a_dead_link_is_stale(target: Target) -> 
 
 async def test_nothing_outlives_the_connection(target: Target) -> None:
     topic = target.topic(target.unique(), "leak")
-    async with aiobus.connect(target.url, **target.options) as bus, bus.subscribe(topic) as sub:
+    async with (
+        aiobus.connect(target.url, **target.options) as bus,
+        target.subscribe(bus, topic) as sub,
+    ):
         await bus.publish(topic, b"x")
         await (await sub.get(timeout=10)).ack()
     assert not other_tasks()
