@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import itertools
 import math
 import secrets
 import ssl
@@ -60,6 +59,9 @@ _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 MESSAGE_ID_PROPERTY = "message-id"
 #: Messages held while a subscription's buffer is full before the socket stops being read.
 HOLD_LIMIT = 1000
+#: Seconds after a link opens during which messages no subscription matches yet (a resumed
+#: session re-sends them at once) wait for a subscription to be attached.
+ORPHAN_GRACE = 10.0
 
 
 def _options(settings: Settings) -> MqttOptions:
@@ -82,6 +84,7 @@ class _Session:
         "max_packet",
         "max_qos",
         "next_mid",
+        "next_sub_id",
         "pubrec",
         "retain_available",
         "shared_available",
@@ -91,6 +94,7 @@ class _Session:
         self.client_id = client_id
         self.connected_once = False
         self.next_mid = 0
+        self.next_sub_id = 0
         self.max_packet: int | None = None
         self.max_qos = 2
         self.retain_available = True
@@ -299,7 +303,18 @@ class MqttConsumer(Consumer):
         for inbound in self.unacked.values():
             link.release(inbound)
         self.unacked.clear()
-        await link.detach(self)
+        await link.detach(self, unsubscribe=not _connection_closing(self.sink))
+
+
+def _connection_closing(sink: DeliverySink) -> bool:
+    """True when the consumer is cancelled because the whole connection closes (the core
+    cancels every consumer first; a subscription leaving its ``async with`` is unregistered
+    before its consumer is cancelled). Then no UNSUBSCRIBE: a persistent session keeps its
+    subscriptions for the next connection with the same client id, which is the point of it,
+    and a clean session ends with the DISCONNECT anyway."""
+    connection = getattr(sink, "_connection", None)
+    subs = getattr(connection, "_subs", None)
+    return subs is not None and sink in subs
 
 
 class _Group:
@@ -372,7 +387,10 @@ class MqttLink(Link):
         self._held: collections.deque[MQTTMessage] = collections.deque()
         self._holding = False
         self._reading_paused = False
-        self._sub_ids = itertools.count(1)
+        #: Messages no subscription matched yet, kept for ``ORPHAN_GRACE`` after the link
+        #: opens (None afterwards: then they are acknowledged and dropped).
+        self._orphans: list[MQTTMessage] | None = []
+        self._orphan_timer: asyncio.TimerHandle | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._connack: asyncio.Future[tuple[Any, Any, Any]] | None = None
         self._keepalive = 0.0
@@ -531,6 +549,28 @@ class MqttLink(Link):
             raise TransientConnectError("the broker closed the connection right after CONNACK")
         if self._keepalive:
             self._timer = loop.call_later(self._keepalive / 2, self._tick)
+        self._orphan_timer = loop.call_later(ORPHAN_GRACE, self._drop_orphans)
+
+    def _drop_orphans(self) -> None:
+        """Messages for subscriptions the session still has but this connection never
+        subscribed again: acknowledged (dropped) so they do not hold the broker's window."""
+        self._orphan_timer = None
+        orphans, self._orphans = self._orphans, None
+        client = self._client
+        if orphans and client is not None and self.hooks.alive:
+            for msg in orphans:
+                if msg.qos == 1:
+                    client.ack(msg.mid, 1)
+
+    def _adopt_orphans(self, group: _Group) -> None:
+        orphans = self._orphans
+        if not orphans:
+            return
+        mine = [m for m in orphans if group.matcher.matches(m.topic)]
+        if mine:
+            self._orphans = [m for m in orphans if not group.matcher.matches(m.topic)]
+            for msg in mine:
+                self._on_message(None, None, msg)
 
     async def _mqtt_connect(self, sock: Any, host: str, port: int) -> None:
         opts = self.opts
@@ -628,6 +668,8 @@ class MqttLink(Link):
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        if self.closing:
+            return  # paho reports our own DISCONNECT too; close() finishes the job
         text = str(reason)
         if properties is not None:
             extra = getattr(properties, "ReasonString", None)
@@ -654,19 +696,24 @@ class MqttLink(Link):
         except UnicodeDecodeError:
             topic = None
         props: Any = msg.properties if self.v5 else None
-        groups: list[_Group]
+        groups: list[_Group] = []
         if props is not None and hasattr(props, "SubscriptionIdentifier"):
             by_id = self._groups_by_id
             groups = [by_id[i] for i in props.SubscriptionIdentifier if i in by_id]
-        elif topic is not None:
+        if not groups and topic is not None:
+            # MQTT 3.1.1, or a message the broker re-sends on a resumed session with the
+            # identifier of a subscription from an earlier link: match the filters here.
             groups = [g for g in self._groups.values() if g.matcher.matches(topic)]
-        else:
-            groups = []
         targets = (
             groups[0].targets() if len(groups) == 1 else [c for g in groups for c in g.targets()]
         )
         qos = msg.qos
         if not targets or topic is None:
+            if topic is not None and self._orphans is not None:
+                # A resumed session re-sends and queues messages before the core has
+                # re-attached the subscriptions: keep them for the attach that wants them.
+                self._orphans.append(msg)
+                return
             # Nobody to hand it to (an unsubscribe in flight, an undecodable topic): it must
             # still be acknowledged, or the broker's window for this client shrinks for good.
             if qos == 1 and self._client is not None:
@@ -785,6 +832,9 @@ class MqttLink(Link):
 
     def _die(self, exc: BaseException) -> None:
         self.hooks.lost(exc)
+        if self._orphan_timer is not None:
+            self._orphan_timer.cancel()
+            self._orphan_timer = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -899,7 +949,9 @@ class MqttLink(Link):
             await asyncio.shield(group.ready)
             group.consumers.append(consumer)
             return consumer
-        sub_id = next(self._sub_ids)
+        # Session-wide, so that an identifier a resumed session still carries from an earlier
+        # link never names a different subscription now.
+        sub_id = self.session.next_sub_id = self.session.next_sub_id % 268_435_455 + 1
         group = _Group(topic_filter, sub_id, self._loop)
         group.consumers.append(consumer)
         # Registered before SUBSCRIBE goes out: retained messages follow the SUBACK at once.
@@ -922,6 +974,7 @@ class MqttLink(Link):
             group.ready.set_exception(exc)
             raise
         group.ready.set_result(None)
+        self._adopt_orphans(group)
         return consumer
 
     def _drop_group(self, group: _Group) -> None:
@@ -942,7 +995,7 @@ class MqttLink(Link):
         finally:
             self._waiting.pop(mid, None)
 
-    async def detach(self, consumer: MqttConsumer) -> None:
+    async def detach(self, consumer: MqttConsumer, unsubscribe: bool = True) -> None:
         """Remove a cancelled consumer; the last one of a filter unsubscribes it."""
         group = self._groups.get(consumer.filter)
         if group is None or consumer not in group.consumers:
@@ -953,7 +1006,7 @@ class MqttLink(Link):
             return
         self._drop_group(group)
         client = self._client
-        if client is not None and self.hooks.alive and not self.closing:
+        if unsubscribe and client is not None and self.hooks.alive and not self.closing:
             await self._request(client.unsubscribe(consumer.filter))
 
     def release(self, inbound: _Inbound) -> None:
@@ -969,6 +1022,9 @@ class MqttLink(Link):
     async def close(self) -> None:
         self.closing = True
         pipe, client = self._pipe, self._client
+        if self._orphan_timer is not None:
+            self._orphan_timer.cancel()
+            self._orphan_timer = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -1041,18 +1097,12 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 def _connack_error(code: int, reason: str, v5: bool) -> Exception:
-    if v5:
-        if code in (0x86, 0x87, 0x8C):  # bad user name or password, not authorized, bad auth
-            return AuthenticationError(f"the broker refused the credentials: {reason}")
-        if code == 0x84:
-            return ProtocolMismatch(f"the broker does not speak MQTT 5: {reason}")
-        if code in (0x88, 0x89, 0x97, 0x9C, 0x9D, 0x9F):  # unavailable, busy, quota, moved...
-            return TransientConnectError(f"the broker refused the connection: {reason}")
-        return PermanentConnectError(f"the broker refused the connection: {reason}")
-    if code in (4, 5):
+    # paho hands MQTT 3.1.1 return codes over as MQTT 5 reason codes (5 -> 0x87, ...).
+    code = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}.get(code, code)
+    if code in (0x86, 0x87, 0x8C):  # bad user name or password, not authorized, bad auth
         return AuthenticationError(f"the broker refused the credentials: {reason}")
-    if code == 1:
-        return ProtocolMismatch(f"the broker does not speak MQTT 3.1.1: {reason}")
-    if code == 3:
-        return TransientConnectError(f"the broker is unavailable: {reason}")
+    if code == 0x84:
+        return ProtocolMismatch(f"the broker does not speak this MQTT version: {reason}")
+    if code in (0x88, 0x89, 0x97, 0x9C, 0x9D, 0x9F):  # unavailable, busy, quota, moved...
+        return TransientConnectError(f"the broker refused the connection: {reason}")
     return PermanentConnectError(f"the broker refused the connection: {reason}")
