@@ -31,6 +31,24 @@ def link_of(bus: aiobus.Connection) -> MqttLink:
     return link
 
 
+class _Watch:
+    """A set that wakes waiters on every change: waiting on a condition without polling."""
+
+    def __init__(self) -> None:
+        self.items: set[int] = set()
+        self._changed = asyncio.Event()
+
+    def add(self, item: int) -> None:
+        self.items.add(item)
+        self._changed.set()
+
+    async def until(self, condition: Any, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
 @pytest.fixture(params=[4, 5], ids=["mqtt311", "mqtt5"])
 def protocol(request: pytest.FixtureRequest) -> int:
     return int(request.param)
@@ -227,21 +245,20 @@ async def test_shared_subscription_splits_across_connections(mosquitto: Any, pro
         w2.subscribe(f"$share/{group}/{topic}") as s2,
     ):
         await asyncio.gather(*(pub.publish(topic, str(i)) for i in range(20)))
-        got: list[int] = []
+        seen = _Watch()
 
         async def drain(sub: aiobus.Subscription, into: list[int]) -> None:
             while True:
                 msg = await sub.get()
                 into.append(int(msg.text()))
+                seen.add(int(msg.text()))
                 await msg.ack()
 
         first: list[int] = []
         second: list[int] = []
         tasks = [asyncio.create_task(drain(s1, first)), asyncio.create_task(drain(s2, second))]
         try:
-            async with asyncio.timeout(10):
-                while len(first) + len(second) < 20:
-                    await asyncio.sleep(0.01)
+            await seen.until(lambda: len(first) + len(second) >= 20, timeout=10)
         finally:
             for t in tasks:
                 t.cancel()
@@ -373,14 +390,23 @@ async def test_qos0_flood_pauses_the_socket_then_resumes(mosquitto: Any) -> None
     topic = f"{uniq()}/flood"
     count = HOLD_LIMIT * 3
     async with aiobus.connect(mosquitto.url, protocol=5, **FAST) as bus:
+        link = link_of(bus)
+        assert link._pipe is not None and link._pipe.transport is not None
+        transport = link._pipe.transport
+        paused = asyncio.Event()
+        pause = transport.pause_reading
+
+        def pause_and_tell() -> None:
+            pause()
+            paused.set()
+
+        transport.pause_reading = pause_and_tell  # type: ignore[method-assign]
         async with bus.subscribe(topic, prefetch=10, qos=0) as sub:
             async with aiobus.connect(mosquitto.url, protocol=5, **FAST) as pub:
                 await asyncio.gather(*(pub.publish(topic, str(i), qos=0) for i in range(count)))
                 await pub.publish(topic, b"end", qos=1)
-            link = link_of(bus)
             async with asyncio.timeout(10):
-                while not link._reading_paused:
-                    await asyncio.sleep(0.01)
+                await paused.wait()
             got = []
             async with asyncio.timeout(20):
                 while True:
@@ -445,42 +471,59 @@ async def test_last_will_is_published_when_the_socket_dies(mosquitto: Any, proto
 async def test_broker_killed_mid_stream_loses_no_confirmed_message(
     mosquitto: Any, protocol: int
 ) -> None:
+    """SIGKILL mid-stream: no publish hangs, subscriptions come back without user code, and no
+    message the broker had confirmed and saved is lost.
+
+    Mosquitto confirms from memory and saves its database afterwards (autosave), so a kill -9
+    can lose what it confirmed in the last moments: that is the broker's durability window,
+    and the test bounds it with ``wait_persisted`` before the kill. Every message confirmed
+    after the restart must arrive as well."""
     topic = f"{uniq()}/kill"
     count = 3000
     session = {"clean_session": False} if protocol == 4 else {"session_expiry": 300}
     sub_opts = dict(protocol=protocol, client_id=uniq("k"), **session, **FAST)
-    received: set[int] = set()
+    received = _Watch()
+    done = _Watch()
     async with aiobus.connect(mosquitto.url, **sub_opts) as subscriber:
         async with subscriber.subscribe(topic, qos=1, prefetch=1000) as sub:
 
             async def consume() -> None:
                 async for msg in sub:
-                    received.add(int(msg.text()))
+                    received.add(int(msg.text().strip("<>")))
                     await msg.ack()
 
             consumer = asyncio.create_task(consume())
             async with aiobus.connect(mosquitto.url, protocol=protocol, **FAST) as pub:
-                futures = [pub.publish(topic, str(i), timeout=20) for i in range(count)]
-                async with asyncio.timeout(10):
-                    while sum(f.done() for f in futures) < count // 4:
-                        await asyncio.sleep(0.001)
+                futures = [pub.publish(topic, f"<{i}>", timeout=20) for i in range(count)]
+                for i, fut in enumerate(futures):
+                    fut.add_done_callback(lambda f, i=i: done.add(i))
+                await done.until(lambda: len(done.items) >= count // 4, timeout=10)
+                # The loop is blocked from here to the restart: nothing more is confirmed.
+                before = {i for i in done.items if not futures[i].exception()}
+                unreceived = before - received.items
+                if unreceived:
+                    mosquitto.wait_persisted(f"<{max(unreceived)}>".encode())
                 mosquitto.kill()
                 mosquitto.start()
                 results = await asyncio.wait_for(
                     asyncio.gather(*futures, return_exceptions=True), 30
                 )
+                after = [pub.publish(topic, f"<{count + i}>") for i in range(100)]
+                await asyncio.gather(*after)
             confirmed = {i for i, r in enumerate(results) if isinstance(r, aiobus.Confirm)}
             failed = [r for r in results if not isinstance(r, aiobus.Confirm)]
             assert all(isinstance(r, aiobus.PublishError) for r in failed), failed[:3]
-            assert len(confirmed) > count // 4
+            must_arrive = before | set(range(count, count + 100))
             try:
-                async with asyncio.timeout(20):
-                    while not confirmed <= received:
-                        await asyncio.sleep(0.01)
+                with contextlib.suppress(TimeoutError):
+                    await received.until(lambda: must_arrive <= received.items, timeout=20)
             finally:
                 consumer.cancel()
                 await asyncio.gather(consumer, return_exceptions=True)
-            assert confirmed <= received, f"lost {len(confirmed - received)} confirmed messages"
+            lost = sorted(must_arrive - received.items)
+            assert not lost, f"lost {len(lost)} confirmed messages: {lost[:5]}..{lost[-5:]}"
+            # What the broker confirmed in its unsaved window may or may not have survived.
+            assert len(confirmed) >= len(before)
 
 
 class _Proxy:
