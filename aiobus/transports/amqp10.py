@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import secrets
 import ssl
 from collections import deque
@@ -77,16 +78,30 @@ def _condition_text(cond: Any) -> tuple[str, str | None]:
     return (str(cond.description) if cond.description else (name or "no reason given")), name
 
 
+_valid_publish_addresses: dict[str, None] = {}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def validate_address(address: str, *, publishing: bool) -> None:
     """Addresses are the broker's own names; refuse only what no broker accepts, and routing
     keys with wildcards on publish (a pattern is never a destination)."""
+    if publishing and address in _valid_publish_addresses:
+        return  # publishers reuse a few addresses: check each once
+    _validate_address(address, publishing=publishing)
+    if publishing:
+        if len(_valid_publish_addresses) >= 4096:
+            _valid_publish_addresses.clear()
+        _valid_publish_addresses[address] = None
+
+
+def _validate_address(address: str, *, publishing: bool) -> None:
     if not isinstance(address, str):
         raise InvalidTopic(f"an AMQP 1.0 address must be a str, not {type(address).__name__}")
     if not address:
         raise InvalidTopic("an AMQP 1.0 address must not be empty")
     if len(address.encode()) > 65535:
         raise InvalidTopic("an AMQP 1.0 address must be at most 65535 bytes")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
+    if _CONTROL.search(address):
         raise InvalidTopic(f"control character in AMQP 1.0 address {address!r}")
     if address.startswith("/queues/") and len(address) == len("/queues/"):
         raise InvalidTopic(f"address {address!r} names no queue")
@@ -255,14 +270,26 @@ class _ReceiverState:
 
 
 class Amqp1Raw:
-    """``Delivery.raw`` on AMQP 1.0: proton's delivery and the decoded message."""
+    """``Delivery.raw`` on AMQP 1.0: proton's delivery, the message's bytes and the fields
+    aiobus has no slot for (subject, annotations, durable, priority, ttl in ms)."""
 
-    __slots__ = ("delivery", "message", "subject")
+    __slots__ = ("annotations", "data", "delivery", "durable", "priority", "subject", "ttl")
 
-    def __init__(self, delivery: Any, message: Any, subject: str | None) -> None:
+    def __init__(self, delivery: Any, data: bytes, fields: dict[str, Any]) -> None:
         self.delivery = delivery
-        self.message = message
-        self.subject = subject
+        self.data = data
+        self.subject: str | None = fields["subject"]
+        self.annotations: dict[Any, Any] = fields["annotations"]
+        self.durable: bool = fields["durable"]
+        self.priority: int = fields["priority"]
+        self.ttl: int | None = fields["ttl"]
+
+    @property
+    def message(self) -> proton.Message:
+        """The whole message decoded by proton (made on demand: it costs)."""
+        message = proton.Message()
+        message.decode(self.data)
+        return message
 
 
 class Amqp10Consumer(Consumer):
@@ -282,9 +309,7 @@ class Amqp10Consumer(Consumer):
         self._tags = itertools.count(1)
 
     def deliver(self, dlv: Any, data: bytes) -> None:
-        message = proton.Message()
-        message.decode(data)
-        fields = codec.decoded_fields(message)
+        fields = codec.decode(data)
         no_ack = self.no_ack
         if no_ack:
             dlv.settle()
@@ -305,7 +330,7 @@ class Amqp10Consumer(Consumer):
                 delivery_count=count,
                 settled=no_ack,
                 returns_on_loss=not no_ack,
-                raw=Amqp1Raw(dlv, message, fields["subject"]),
+                raw=Amqp1Raw(dlv, data, fields),
             )
         )
 
@@ -677,7 +702,7 @@ class Amqp10Link(Link, asyncio.Protocol):
 
     def _on_delivery(self, ev: Any) -> None:
         dlv = ev.context
-        state = self._states.get(dlv.link)
+        state = self._states.get(ev.link)  # the event already wrapped it: no new wrapper
         if state is not None:
             state.on_delivery(dlv)
 
