@@ -28,7 +28,7 @@ from .handler import (
 )
 from .middleware import Middleware, Outbound, publish_chain
 from .policy import DeadLetter, ErrorPolicy, Requeue, Retry, check_policy
-from .rpc import ReplyChannel, reply_channel_for
+from .rpc import ReplyChannel, SubscribeFn, reply_channel_for
 from .runner import Runner, Source, SubscriberStats
 from .scheduler import RetryScheduler
 
@@ -57,7 +57,14 @@ class Service:
         dead_letter_topic: str | None = None,
         drain_timeout: float = 10.0,
         max_scheduled_retries: int = 10_000,
+        subscribe: SubscribeFn | None = None,
+        address: Callable[[str], str] | None = None,
     ) -> None:
+        """``subscribe`` and ``address`` are for protocols whose subscriptions need more than
+        ``bus.subscribe`` until their adapter offers it (AMQP 1.0 consumes from queues it does
+        not create): ``subscribe(pattern, queue=, prefetch=, **options)`` is used for every
+        subscription the service opens, and ``address(name)`` turns the service's own topic
+        names (private retry and reply topics) into what is published to and subscribed."""
         if not isinstance(bus, Connection):
             raise TypeError(f"Service needs an aiobus Connection, not {type(bus).__name__}")
         _check_seconds("drain_timeout", drain_timeout)
@@ -73,6 +80,9 @@ class Service:
         for mw in middleware:
             self.use(mw)
         self.dead_letter_topic = dead_letter_topic
+        self._custom_subscribe = subscribe is not None
+        self.open_subscription: SubscribeFn = subscribe if subscribe is not None else bus.subscribe
+        self.address: Callable[[str], str] = address if address is not None else _same
         self.drain_timeout = drain_timeout
         self.carrier = Carrier(headers=bus.capabilities.headers)
         self.scheduler = RetryScheduler(max_scheduled_retries)
@@ -180,8 +190,9 @@ class Service:
             )
         policy = check_policy(on_error if on_error is not None else Requeue())
         caps = bus.capabilities
-        # Each subscription checks its own pattern and options now (nothing is attached yet).
-        bus.subscribe(pattern, queue=queue, prefetch=prefetch, **subscribe_options)
+        if not self._custom_subscribe:
+            # The subscription checks its pattern and options now (nothing is attached yet).
+            bus.subscribe(pattern, queue=queue, prefetch=prefetch, **subscribe_options)
 
         dead_letter_topic: str | None = None
         if ack_mode != "first":
@@ -210,12 +221,13 @@ class Service:
             sources[0] = Source(pattern, queue, prefetch - retry_share, dict(subscribe_options))
             if queue is not None:
                 # Shared by every instance consuming the queue, like the queue itself.
-                retry_topic = f"aiobus-retry-{safe_name(queue)}"
+                retry_topic = self.address(f"aiobus-retry-{safe_name(queue)}")
                 retry_queue: str | None = f"{queue}-aiobus-retry"
             else:
-                retry_topic = f"aiobus-retry-{safe_name(name)}-{self._instance}"
+                retry_topic = self.address(f"aiobus-retry-{safe_name(name)}-{self._instance}")
                 retry_queue = None
-            bus.subscribe(retry_topic, queue=retry_queue, prefetch=retry_share)
+            if not self._custom_subscribe:
+                bus.subscribe(retry_topic, queue=retry_queue, prefetch=retry_share)
             sources.append(Source(retry_topic, retry_queue, retry_share, {}))
         spec = SubscriberSpec(
             name=name,
@@ -390,10 +402,14 @@ class Service:
             )
         async with self._replies_lock:
             if self._replies is None:
-                channel = reply_channel_for(self.bus)
+                channel = reply_channel_for(self.bus, self.open_subscription, self.address)
                 await channel.open()
                 self._replies = channel
             return self._replies
+
+
+def _same(name: str) -> str:
+    return name
 
 
 def _check_seconds(name: str, value: object) -> None:

@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import NotSupported
@@ -41,19 +43,24 @@ class ReplyChannel(Protocol):
     def forget(self, correlation_id: str) -> None: ...
 
 
+SubscribeFn = Callable[..., AbstractAsyncContextManager["Subscription"]]
+
+
 class TopicReplyChannel:
-    def __init__(self, bus: Connection, prefetch: int = 100) -> None:
-        self.bus = bus
-        self.address = f"aiobus-reply-{secrets.token_hex(8)}"
+    def __init__(
+        self, subscribe: SubscribeFn, address: Callable[[str], str], prefetch: int = 100
+    ) -> None:
+        self._subscribe = subscribe
+        self.address = address(f"aiobus-reply-{secrets.token_hex(8)}")
         self._prefetch = prefetch
         self._waiting: dict[str, asyncio.Future[Delivery]] = {}
-        self._sub: Subscription | None = None
+        self._stack = contextlib.AsyncExitStack()
         self._reader: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        sub = self.bus.subscribe(self.address, prefetch=self._prefetch)
-        await sub.__aenter__()
-        self._sub = sub
+        sub = await self._stack.enter_async_context(
+            self._subscribe(self.address, prefetch=self._prefetch)
+        )
         self._reader = asyncio.get_running_loop().create_task(
             self._read(sub), name=f"aiobus replies {self.address}"
         )
@@ -98,16 +105,16 @@ class TopicReplyChannel:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.__aexit__(None, None, None)
+        with contextlib.suppress(Exception):
+            await self._stack.aclose()
 
 
 MECHANISMS: dict[str, type[TopicReplyChannel]] = {"topic": TopicReplyChannel}
 
 
-def reply_channel_for(bus: Connection) -> ReplyChannel:
+def reply_channel_for(
+    bus: Connection, subscribe: SubscribeFn, address: Callable[[str], str]
+) -> ReplyChannel:
     caps = bus.capabilities
     if not caps.correlation:
         raise NotSupported(
@@ -119,4 +126,4 @@ def reply_channel_for(bus: Connection) -> ReplyChannel:
         raise NotSupported(
             f"reply mechanism {caps.reply!r} of {bus.protocol} is not known to the service layer"
         )
-    return mechanism(bus)
+    return mechanism(subscribe, address)

@@ -82,6 +82,7 @@ class Runner:
         self.stats = SubscriberStats()
         self.handle = handle_chain(service.middleware, self._invoke)
         self._subs: list[Subscription] = []
+        self._stack = contextlib.AsyncExitStack()
         self._readers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._lanes: dict[Hashable, deque[tuple[Delivery, asyncio.Semaphore]]] = {}
@@ -92,12 +93,13 @@ class Runner:
 
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self.spec.concurrency)
-        bus = self.service.bus
+        opener = self.service.open_subscription
         for source in self.sources:
-            sub = bus.subscribe(
-                source.pattern, queue=source.queue, prefetch=source.prefetch, **source.options
+            sub = await self._stack.enter_async_context(
+                opener(
+                    source.pattern, queue=source.queue, prefetch=source.prefetch, **source.options
+                )
             )
-            await sub.__aenter__()
             self._subs.append(sub)
         loop = asyncio.get_running_loop()
         for sub in self._subs:
@@ -152,11 +154,10 @@ class Runner:
         await self.wait_idle()
 
     async def close(self) -> None:
-        for sub in self._subs:
-            try:
-                await sub.__aexit__(None, None, None)
-            except Exception as exc:  # the connection may be gone already; nothing to return
-                log.debug("aiobus: closing subscription %r failed: %r", sub.pattern, exc)
+        try:
+            await self._stack.aclose()
+        except Exception as exc:  # the connection may be gone already; nothing to return
+            log.debug("aiobus: closing the subscriptions of %s failed: %r", self.spec.name, exc)
         self._subs.clear()
         self._lanes.clear()
 
@@ -203,6 +204,8 @@ class Runner:
         assert self.spec.key is not None
         try:
             key = self.spec.key(delivery)
+            if key is not None:
+                hash(key)  # an unhashable key fails this message here, not the reader
         except Exception as exc:  # a broken key function fails this message, not the service
             self._spawn(self._lane_of_one(delivery, inhand, exc))
             return
@@ -246,12 +249,17 @@ class Runner:
         return await self.spec.invoker(ctx.delivery)
 
     def _attempt(self, delivery: Delivery, meta: dict[str, str]) -> int:
+        """1-based: failures recorded on a republished copy, plus this copy's deliveries.
+
+        The broker's delivery count is taken where it has one, but never below what this
+        process has counted itself for requeues of the same message id: a count that the
+        broker does not raise on a requeue (or starts at 0) must not make the bound endless.
+        """
         before = attempts_before(meta)
-        if delivery.delivery_count is not None:
-            return before + delivery.delivery_count
+        local = 0
         if self.broker_requeue and delivery.message_id:
-            return before + self._local_failures.get(delivery.message_id, 0) + 1
-        return before + 1
+            local = self._local_failures.get(delivery.message_id, 0) + 1
+        return before + max(delivery.delivery_count or 0, local, 1)
 
     async def _process(self, delivery: Delivery, early_error: Exception | None) -> None:
         stats = self.stats
@@ -346,7 +354,7 @@ class Runner:
         )
         try:
             if decision.action == "requeue":
-                if delivery.delivery_count is None and delivery.message_id:
+                if delivery.message_id:
                     self._count_local_failure(delivery.message_id)
                 await delivery.nack(requeue=True)
                 self.stats.requeued += 1

@@ -411,8 +411,8 @@ async def test_a_broken_key_function_fails_that_message_only(bus: aiobus.Connect
     svc = Service(bus, dead_letter_topic="dead")
     done = asyncio.Event()
 
-    def key(msg: Delivery) -> str:
-        return msg.headers["k"]  # KeyError without the header
+    def key(msg: Delivery) -> Any:
+        return msg.headers["k"]  # KeyError without the header; a list is unhashable
 
     @svc.subscriber("jobs", queue="work", key=key, on_error=DeadLetter())
     async def job(body: bytes) -> None:
@@ -420,12 +420,16 @@ async def test_a_broken_key_function_fails_that_message_only(bus: aiobus.Connect
 
     async with bus.subscribe("dead") as dead, svc.serving():
         await bus.publish("jobs", b"no key")
+        await bus.publish("jobs", b"unhashable", headers={"k": ["a list"]})
         await bus.publish("jobs", b"keyed", headers={"k": "1"})
         await wait(done)
-        letter = await dead.get(timeout=5)
-        await letter.ack()
-    assert letter.body == b"no key"
-    assert letter.headers["x-aiobus-error-type"] == "KeyError"
+        letters = [await dead.get(timeout=5) for _ in range(2)]
+        for letter in letters:
+            await letter.ack()
+    assert [(d.body, d.headers["x-aiobus-error-type"]) for d in letters] == [
+        (b"no key", "KeyError"),
+        (b"unhashable", "TypeError"),
+    ]
 
 
 # -- shutdown --------------------------------------------------------------------------------
