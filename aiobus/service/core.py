@@ -347,7 +347,9 @@ class Service:
         """``Connection.publish`` through the middleware; ``body`` may also be a dataclass,
         a pydantic model or a JSON scalar. Resolves on the broker's confirm."""
         data, content_type = encode_value(body)
-        if content_type is not None:
+        if content_type is not None and self.bus.capabilities.headers:
+            # Only where messages carry properties (not MQTT 3.1.1, where an explicit
+            # content type is a ConfigError).
             options.setdefault("content_type", content_type)
         return await self._publish(Outbound(topic, data, "publish", headers, options))
 

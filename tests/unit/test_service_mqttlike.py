@@ -262,3 +262,18 @@ async def test_shutdown_under_load_loses_nothing_where_nothing_can_be_given_back
     assert len(set(handled)) == len(handled)
     # What the subscription held when the drain began was handled, not dropped.
     assert sorted(handled + left) == list(range(total))
+
+
+async def test_publishing_a_dataclass_sends_no_content_type_where_none_is_carried(
+    bus: Connection,
+) -> None:
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+
+    svc = Service(bus)
+    async with bus.subscribe("points") as sub:
+        await svc.publish("points", Point(1))  # the double refuses an explicit content type
+        assert (await sub.get(timeout=5)).body == b'{"x":1}'
