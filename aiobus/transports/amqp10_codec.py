@@ -363,6 +363,8 @@ _SECTIONS = {
 
 def decode_fast(buf: bytes) -> dict[str, Any]:
     """The sections of one message: Delivery fields plus ``annotations`` and ``durable``."""
+    if type(buf) is not bytes:
+        buf = bytes(buf)  # proton hands out a bytearray: slices of it would be bytearrays too
     header: list[Any] = []
     props: list[Any] = []
     app: dict[Any, Any] | None = None
