@@ -312,6 +312,8 @@ class Amqp10Consumer(Consumer):
         fields = codec.decode(data)
         no_ack = self.no_ack
         if no_ack:
+            if not dlv.settled:  # the broker ignored our settle mode: accept it ourselves
+                dlv.update(ACCEPTED)
             dlv.settle()
         count = fields["delivery_count"] or 0
         self.sink.push(
@@ -686,13 +688,20 @@ class Amqp10Link(Link, asyncio.Protocol):
     def _schedule_tick(self) -> None:
         if not self.opts.heartbeat or self.dead.done():
             return
-        deadline = self.transport.tick(self.loop.time())
+        now = self.loop.time()
+        deadline = self.transport.tick(now)
         self._process()
         self.flush()
-        if deadline > 0 and not self.dead.done():
-            if self._tick_handle is not None:
-                self._tick_handle.cancel()
-            self._tick_handle = self.loop.call_at(deadline, self._tick)
+        if self.dead.done():
+            return
+        # proton's tick returns no deadline for our own idle check on a tick that saw new
+        # input (only the peer's keep-alive, if it asked for one): tick at least every half
+        # interval, or a silent peer that never asked for keep-alives would go unnoticed.
+        latest = now + self.opts.heartbeat / 2
+        when = min(deadline, latest) if deadline > 0 else latest
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._tick_handle = self.loop.call_at(when, self._tick)
 
     def _tick(self) -> None:
         self._tick_handle = None

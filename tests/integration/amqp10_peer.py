@@ -124,6 +124,7 @@ class PeerConnection(asyncio.Protocol):
         script = self.peer.script
         link.source.copy(link.remote_source)
         link.target.copy(link.remote_target)
+        link.snd_settle_mode = link.remote_snd_settle_mode  # honour a pre-settled receiver
         address = link.remote_source.address if link.is_sender else link.remote_target.address
         if address in script.end_session:
             link.session.condition = Condition(script.end_session[address], "scripted end")
