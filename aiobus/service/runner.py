@@ -336,7 +336,11 @@ class Runner:
         delivery = ctx.delivery
         name = self.spec.name
         if self.spec.ack == "first" or delivery.settled:
-            # Already acked (at-most-once) or settled by a manual handler: nothing to undo.
+            # Already acked (at-most-once) or settled by a manual handler: nothing to undo,
+            # but a requester still deserves its answer.
+            if delivery.reply_to:
+                with contextlib.suppress(Exception):
+                    await self._reply(delivery, b"", None, error)
             log.warning(
                 "aiobus: %s failed on %r after settling: %s", name, delivery.topic, describe(error)
             )

@@ -262,3 +262,15 @@ async def test_a_middleware_that_raises_fails_the_handling(bus: aiobus.Connectio
             await svc.request("echo", b"", timeout=5)
     with pytest.raises(TypeError, match="Middleware"):
         svc.use(object())  # type: ignore[arg-type]
+
+
+async def test_an_ack_first_handler_that_raises_still_answers(bus: aiobus.Connection) -> None:
+    svc = Service(bus)
+
+    @svc.subscriber("echo", ack="first")
+    async def echo(body: bytes) -> bytes:
+        raise RuntimeError("at-most-once, but answered")
+
+    async with svc.serving():
+        with pytest.raises(aiobus.RemoteError, match="at-most-once, but answered"):
+            await svc.request("echo", b"", timeout=5)
