@@ -403,6 +403,9 @@ class Service:
                 "request() needs the service running: call it inside `async with svc.serving():`"
             )
         async with self._replies_lock:
+            if self._replies is not None and not self._replies.alive:
+                dead, self._replies = self._replies, None  # its subscription failed: anew
+                await dead.close()
             if self._replies is None:
                 channel = reply_channel_for(self.bus, self.open_subscription, self.address)
                 await channel.open()

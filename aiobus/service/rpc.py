@@ -34,6 +34,9 @@ class ReplyChannel(Protocol):
     address: str
     """What requests carry as ``reply_to``."""
 
+    @property
+    def alive(self) -> bool: ...
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -85,6 +88,11 @@ class TopicReplyChannel:
                     waiter.set_exception(exc)
             self._waiting.clear()
             raise
+
+    @property
+    def alive(self) -> bool:
+        """False once the reply subscription has failed (a new channel is opened then)."""
+        return self._reader is not None and not self._reader.done()
 
     def expect(self, correlation_id: str) -> asyncio.Future[Delivery]:
         waiter: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()

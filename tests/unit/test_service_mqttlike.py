@@ -277,3 +277,39 @@ async def test_publishing_a_dataclass_sends_no_content_type_where_none_is_carrie
     async with bus.subscribe("points") as sub:
         await svc.publish("points", Point(1))  # the double refuses an explicit content type
         assert (await sub.get(timeout=5)).body == b'{"x":1}'
+
+
+async def test_the_retry_queue_shares_the_prefetch(
+    bus: Connection, memory_broker: MemoryBroker
+) -> None:
+    svc = Service(bus, dead_letter_topic="dead")
+    gate = asyncio.Event()
+    full = asyncio.Event()
+    seen = 0
+    failed: set[str] = set()
+
+    @svc.subscriber("jobs", queue="work", concurrency=20, prefetch=10)
+    async def job(body: str) -> None:
+        nonlocal seen
+        seen += 1
+        if body.startswith("fail") and body not in failed:
+            failed.add(body)
+            raise RuntimeError("once")  # republished once, to the retry queue
+        if seen >= 10:
+            full.set()
+        await gate.wait()
+
+    def unacked() -> int:
+        return sum(len(c.unacked) for q in memory_broker.queues.values() for c in q.consumers)
+
+    async with svc.serving():
+        for i in range(5):
+            await bus.publish("jobs", f"fail {i}")
+        for i in range(30):
+            await bus.publish("jobs", f"ok {i}")
+        async with asyncio.timeout(5):
+            await full.wait()
+        # main queue 8 + retry queue 2: never more unacked than prefetch=10 in all
+        assert unacked() <= 10
+        assert svc.stats("job").in_progress <= 10
+        gate.set()
