@@ -700,3 +700,20 @@ async def test_aiobus_mqtt_connect_with_a_bare_host(mosquitto: Any) -> None:
         confirm = await bus.publish(f"{uniq()}/bare", b"x")
         assert confirm.broker_id is not None
         assert bus.settings.options.qos == 2  # type: ignore[attr-defined]
+
+
+async def test_the_telemetry_example_runs(
+    mosquitto: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "mqtt_telemetry.py"
+    spec = importlib.util.spec_from_file_location("mqtt_telemetry_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    await asyncio.wait_for(module.main(mosquitto.url), 30)
+    out = capsys.readouterr().out
+    assert out.count("°C") == 15
+    assert "status dev0: online" in out
