@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -702,13 +703,15 @@ async def test_aiobus_mqtt_connect_with_a_bare_host(mosquitto: Any) -> None:
         assert bus.settings.options.qos == 2  # type: ignore[attr-defined]
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mqtt_telemetry.py"
+
+
 async def test_the_telemetry_example_runs(
     mosquitto: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "examples" / "mqtt_telemetry.py"
+    path = EXAMPLE
     spec = importlib.util.spec_from_file_location("mqtt_telemetry_example", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
