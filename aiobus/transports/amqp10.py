@@ -266,6 +266,8 @@ class _ReceiverState:
         receiver = self.receiver
         data = receiver.recv(dlv.pending)
         receiver.advance()
+        if self.consumer.cancelled:
+            return  # detaching: left unsettled, the broker takes it back with the link
         self.consumer.deliver(dlv, data)
 
 
@@ -768,6 +770,8 @@ class Amqp10Link(Link, asyncio.Protocol):
     def _link_ended(self, link_obj: Any, state: Any, reason: str, code: str | None) -> None:
         """One link is gone (detached, or its session ended): only its own users hear of it."""
         self._states.pop(link_obj, None)
+        if self._closing:
+            return  # our own close: the broker's detach answers it
         if isinstance(state, _ReceiverState):
             consumer = state.consumer
             if not state.attached.done():
