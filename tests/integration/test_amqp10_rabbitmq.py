@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 import uuid
 from typing import Any
 
@@ -210,12 +209,23 @@ async def test_tls_with_the_test_ca(rabbitmq: Any) -> None:
     async with aiobus.amqp1.connect(
         rabbitmq.amqp1s_url, ca_file=rabbitmq.ca_file, server_hostname="localhost", **FAST
     ) as bus:
-        assert isinstance(bus.driver, object)
+        await bus.publish(exchange_address("amq.topic", "tls"), b"x", mandatory=False)
+    async with aiobus.amqp1.connect(  # a client certificate the broker verifies
+        rabbitmq.amqp1s_url,
+        ca_file=rabbitmq.ca_file,
+        certfile=rabbitmq.client_cert,
+        keyfile=rabbitmq.client_key,
+        **FAST,
+    ) as bus:
         await bus.publish(exchange_address("amq.topic", "tls"), b"x", mandatory=False)
     with pytest.raises(aiobus.PermanentConnectError, match="TLS"):
         async with aiobus.amqp1.connect(rabbitmq.amqp1s_url, **FAST):  # system CAs only
             pass
-    assert ssl.OPENSSL_VERSION
+    with pytest.raises(aiobus.PermanentConnectError, match="TLS"):  # wrong name
+        async with aiobus.amqp1.connect(
+            rabbitmq.amqp1s_url, ca_file=rabbitmq.ca_file, server_hostname="example.org", **FAST
+        ):
+            pass
 
 
 async def test_clean_shutdown_leaves_nothing(rabbitmq: Any) -> None:
