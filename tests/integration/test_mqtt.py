@@ -720,3 +720,39 @@ async def test_the_telemetry_example_runs(
     out = capsys.readouterr().out
     assert out.count("°C") == 15
     assert "status dev0: online" in out
+
+
+@pytest.mark.parametrize("swallow", ["PUBREC", "PUBCOMP"])
+async def test_qos2_publish_is_completed_once_on_a_resumed_session(
+    mosquitto: Any, swallow: str
+) -> None:
+    """The link dies before PUBREC (the PUBLISH is re-sent with its packet id and DUP) or
+    before PUBCOMP (the PUBREL is re-sent): the future resolves and the message arrives once."""
+    topic = f"{uniq()}/q2pub"
+    opts = dict(protocol=5, client_id=uniq("p2"), session_expiry=60, **FAST)
+    async with (
+        aiobus.connect(mosquitto.url, protocol=5, **FAST) as watcher,
+        watcher.subscribe(topic, qos=2) as sub,
+        aiobus.connect(mosquitto.url, **opts) as pub,
+    ):
+        link = link_of(pub)
+        eaten = asyncio.get_running_loop().create_future()
+        original = link.on_pubrec if swallow == "PUBREC" else link.on_acked
+
+        def swallow_once(*args: Any) -> Any:
+            if not eaten.done():
+                eaten.set_result(None)
+                return False  # as if the packet never came; the link dies right after
+            return original(*args)
+
+        setattr(link, "on_pubrec" if swallow == "PUBREC" else "on_acked", swallow_once)
+        future = pub.publish(topic, b"exactly-once", qos=2, timeout=20)
+        await asyncio.wait_for(eaten, 5)
+        await through_outage(pub, lambda: link._pipe.transport.abort(), timeout=10)
+        confirm = await asyncio.wait_for(future, 10)
+        assert confirm.broker_id is not None
+        msg = await sub.get(timeout=5)
+        assert msg.body == b"exactly-once"
+        await msg.ack()
+        with pytest.raises(TimeoutError):
+            await sub.get(timeout=0.5)
