@@ -828,7 +828,12 @@ class MqttLink(Link):
         self._die(LinkDown(f"the MQTT connection was closed{why}"))
         fut = self._connack
         if fut is not None and not fut.done():
-            fut.set_exception(TransientConnectError(f"connection closed before CONNACK{why}"))
+            if isinstance(exc, ssl.SSLError):
+                # E.g. TLS 1.3 alert "certificate required": the server checks the client's
+                # certificate after the handshake; retrying cannot help.
+                fut.set_exception(PermanentConnectError(f"TLS refused by the server{why}"))
+            else:
+                fut.set_exception(TransientConnectError(f"connection closed before CONNACK{why}"))
 
     def _die(self, exc: BaseException) -> None:
         self.hooks.lost(exc)

@@ -1,4 +1,8 @@
-"""Conformance targets: MQTT 3.1.1 and 5 on Mosquitto 2, MQTT 5 on RabbitMQ 4's MQTT plugin.
+"""Conformance targets: MQTT 3.1.1 and 5 on Mosquitto 2.
+
+RabbitMQ 4's MQTT plugin is not a target here: it has no shared subscriptions (CONNACK Shared
+Subscription Available = 0), and the contract uses ``queue=`` (a shared subscription on MQTT)
+in several tests; tests/integration/test_mqtt_rabbitmq.py covers it instead.
 
 MQTT cannot nack (``NotSupported``) nor report unroutable messages (``mandatory=True`` is a
 ``ConfigError``); MQTT 3.1.1 carries no headers or other properties.
@@ -27,23 +31,6 @@ def _mosquitto(protocol: int) -> Callable[[pytest.FixtureRequest], Target]:
             can_headers=protocol == 5,
             # A clean stop: every client's link is dropped by the broker.
             kill_link=broker.restart,
-            options={"protocol": protocol, **_FAST},
-        )
-
-    return make
-
-
-def _rabbitmq(protocol: int) -> Callable[[pytest.FixtureRequest], Target]:
-    def make(request: pytest.FixtureRequest) -> Target:
-        node = request.getfixturevalue("rabbitmq")
-        return Target(
-            name=f"rabbitmq-mqtt{protocol}",
-            url=node.mqtt_url,
-            syntax="mqtt",
-            can_nack=False,
-            can_unroutable=False,
-            can_headers=protocol == 5,
-            kill_link=lambda: node.ctl("close_all_connections", "aiobus conformance test"),
             options={"protocol": protocol, **_FAST},
         )
 

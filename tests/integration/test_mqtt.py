@@ -756,3 +756,24 @@ async def test_qos2_publish_is_completed_once_on_a_resumed_session(
         await msg.ack()
         with pytest.raises(TimeoutError):
             await sub.get(timeout=0.5)
+
+
+async def test_tls_client_certificate_required(tmp_path: Any) -> None:
+    from tests.harness.mosquitto import MosquittoBroker
+
+    # The last listener in the harness's configuration is the TLS one.
+    broker = MosquittoBroker(extra_config=["require_certificate true"])
+    broker.start()
+    try:
+        tls = dict(ca_file=broker.ca_file, connect_timeout=3, **FAST)
+        async with aiobus.connect(
+            broker.tls_url, certfile=broker.client_cert, keyfile=broker.client_key, **tls
+        ) as bus:
+            await bus.publish(f"{uniq()}/cert", b"x")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(aiobus.PermanentConnectError, match="TLS"):
+            async with aiobus.connect(broker.tls_url, **tls):
+                pass
+        assert asyncio.get_running_loop().time() - started < 2, "retried a permanent error"
+    finally:
+        broker.close()
