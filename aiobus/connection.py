@@ -288,7 +288,7 @@ class Connection:
                 if not first.done():
                     first.set_result(None)
                 try:
-                    reason = await link.hooks.wait_lost()
+                    lost = await link.hooks.wait_lost()
                 finally:
                     pump.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -301,19 +301,20 @@ class Connection:
                     backoff.reset()
                 index += 1
                 delay = backoff.next_delay()
+                reason = describe(lost)
                 log.warning(
                     "aiobus %s: link lost (%s); reconnecting in %.3fs",
                     self.settings.redacted_url(),
                     reason,
                     delay,
                 )
-                self._set_state(State.RECONNECTING, reason=str(reason), endpoint=where)
+                self._set_state(State.RECONNECTING, reason=reason, endpoint=where)
                 self._emit(
                     Event(
                         "link_lost",
                         State.RECONNECTING,
-                        reason=str(reason),
-                        error=reason,
+                        reason=reason,
+                        error=lost,
                         delay=delay,
                         endpoint=where,
                     )
@@ -594,6 +595,14 @@ class Connection:
             raise
         except Exception as exc:
             log.debug("aiobus: cancelling consumer for %r failed: %r", sub.pattern, exc)
+
+
+def describe(exc: BaseException) -> str:
+    """An error for a log line or an event: its type always, its text when it has one."""
+    text = str(exc)
+    if isinstance(exc, AiobusError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _stamp(event: Event, now: float) -> Event:

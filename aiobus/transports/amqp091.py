@@ -15,13 +15,16 @@ import math
 import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aio_pika
 import aiormq
 import aiormq.exceptions as amqp_errors
+from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 from pamqp.common import FieldTable
+from pamqp.header import ContentHeader
 
 from ..amqp import Binding, Exchange, Queue
 from ..errors import (
@@ -69,6 +72,22 @@ def _heartbeat_to_negotiate(heartbeat: float) -> int:
     if heartbeat <= 0:
         return 0
     return max(1, round(heartbeat * 2 / 3))
+
+
+def _has_frame_api(channel: Any) -> bool:
+    """The aiormq internals the fast publish path relies on (checked, not assumed)."""
+    return all(
+        hasattr(channel, name)
+        for name in (
+            "delivery_tag",
+            "confirmations",
+            "message_id_delivery_tag",
+            "write_queue",
+            "number",
+            "_split_body",
+            "create_future",
+        )
+    )
 
 
 def map_connect_error(exc: BaseException) -> BaseException:
@@ -175,7 +194,7 @@ class Amqp091Consumer(Consumer):
         await self.raw.basic_ack(tag, multiple=True, wait=False)
 
     def sink_buffered(self) -> int:
-        return self.sink.capacity - self.sink.room
+        return self.sink.buffered
 
     async def ack(self, delivery: Delivery) -> None:
         await self.raw.basic_ack(delivery.tag, wait=False)
@@ -344,6 +363,10 @@ class Amqp091Link(Link):
             await self._check_exchange(name)
         channel = self._raw_publish
         assert channel is not None
+        if channel.is_closed:
+            raise LinkDown("the publish channel is closed")
+        fast = self.fast_publish and _has_frame_api(channel)
+        timestamp = datetime.now(UTC)
         loop = self._loop
         for msg in batch:
             exchange = msg.exchange if msg.exchange is not None else default_exchange
@@ -352,9 +375,94 @@ class Amqp091Link(Link):
                     msg, Unroutable(f"exchange {exchange!r} does not exist", code=404)
                 )
                 continue
-            task = loop.create_task(self._publish_one(channel, msg, exchange))
-            self._publishing.add(task)
-            task.add_done_callback(self._publishing.discard)
+            properties = self._properties(msg, timestamp)
+            mandatory = self.opts.mandatory if msg.mandatory is None else msg.mandatory
+            if fast:
+                frame = self._publish_frame(channel, msg, exchange, properties, mandatory)
+                queue: asyncio.Queue[ChannelFrame] = channel.write_queue  # type: ignore[attr-defined]
+                if queue.full():
+                    await queue.put(frame)  # aiormq's writer is behind: wait, as TCP would
+                else:
+                    queue.put_nowait(frame)
+            else:
+                task = loop.create_task(
+                    self._publish_one(channel, msg, exchange, properties, mandatory)
+                )
+                self._publishing.add(task)
+                task.add_done_callback(self._publishing.discard)
+
+    #: Write frames straight into aiormq's channel (its own confirm bookkeeping, no task and
+    #: no lock per message); False uses ``basic_publish`` tasks, aiormq's public path.
+    fast_publish: ClassVar[bool] = True
+
+    def _properties(self, msg: Outgoing, timestamp: datetime) -> spec.Basic.Properties:
+        persistent = self.opts.persistent if msg.persistent is None else msg.persistent
+        return spec.Basic.Properties(
+            content_type=msg.content_type,
+            headers=msg.headers,
+            delivery_mode=2 if persistent else 1,
+            priority=msg.priority,
+            correlation_id=msg.correlation_id,
+            reply_to=msg.reply_to,
+            expiration=None if msg.ttl is None else str(math.ceil(msg.ttl * 1000)),
+            message_id=msg.message_id,
+            timestamp=timestamp,
+        )
+
+    def _publish_frame(
+        self,
+        channel: Any,
+        msg: Outgoing,
+        exchange: str,
+        properties: spec.Basic.Properties,
+        mandatory: bool,
+    ) -> ChannelFrame:
+        """What aiormq's ``basic_publish`` does, minus its per-call task, lock and timeout.
+        Only the pump publishes on this channel, one batch at a time, so delivery tags follow
+        the order the frames are queued in."""
+        channel.delivery_tag += 1
+        tag = channel.delivery_tag
+        confirmation = channel.create_future()  # failed by aiormq when the channel closes
+        channel.confirmations[tag] = confirmation
+        # aiormq matches a basic.return to its publish by message id.
+        channel.message_id_delivery_tag[msg.message_id] = tag
+        frames = [
+            spec.Basic.Publish(exchange=exchange, routing_key=msg.topic, mandatory=mandatory),
+            ContentHeader(properties=properties, body_size=len(msg.body)),
+            *channel._split_body(msg.body),
+        ]
+        confirmation.add_done_callback(partial(self._confirmed, channel, msg, tag))
+        return ChannelFrame.marshall(channel_number=channel.number, frames=frames)
+
+    def _confirmed(
+        self, channel: Any, msg: Outgoing, tag: int, confirmation: asyncio.Future[Any]
+    ) -> None:
+        if channel.message_id_delivery_tag.get(msg.message_id) == tag:
+            del channel.message_id_delivery_tag[msg.message_id]
+        if confirmation.cancelled():
+            self.hooks.lost(LinkDown("the publish channel closed"))
+            return
+        exc = confirmation.exception()
+        if exc is None:
+            self.hooks.settled(msg, tag)
+        else:
+            self._publish_failed(msg, exc)
+
+    def _publish_failed(self, msg: Outgoing, exc: BaseException) -> None:
+        if isinstance(exc, amqp_errors.PublishError):
+            frame = exc.frame
+            self.hooks.failed(
+                msg,
+                Unroutable(
+                    getattr(frame, "reply_text", str(exc)), code=getattr(frame, "reply_code", None)
+                ),
+            )
+        elif isinstance(exc, amqp_errors.DeliveryError):
+            self.hooks.failed(msg, Nacked("basic.nack: the broker refused the message"))
+        else:
+            # The channel or connection died under the publish: the core re-sends it on the
+            # next link (or fails it, by outage policy).
+            self.hooks.lost(LinkDown(f"publish interrupted: {exc!r}"))
 
     async def _check_exchange(self, name: str) -> None:
         """Publishing to a missing exchange closes the channel (404); a passive declare on a
@@ -374,25 +482,13 @@ class Amqp091Link(Link):
         return self._control
 
     async def _publish_one(
-        self, channel: aiormq.abc.AbstractChannel, msg: Outgoing, exchange: str
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        msg: Outgoing,
+        exchange: str,
+        properties: spec.Basic.Properties,
+        mandatory: bool,
     ) -> None:
-        hooks = self.hooks
-        persistent = self.opts.persistent if msg.persistent is None else msg.persistent
-        mandatory = self.opts.mandatory if msg.mandatory is None else msg.mandatory
-        expiration = None
-        if msg.ttl is not None:
-            expiration = str(math.ceil(msg.ttl * 1000))
-        properties = spec.Basic.Properties(
-            content_type=msg.content_type,
-            headers=msg.headers,
-            delivery_mode=2 if persistent else 1,
-            priority=msg.priority,
-            correlation_id=msg.correlation_id,
-            reply_to=msg.reply_to,
-            expiration=expiration,
-            message_id=msg.message_id,
-            timestamp=datetime.now(UTC),
-        )
         try:
             result = await channel.basic_publish(
                 msg.body,
@@ -401,25 +497,10 @@ class Amqp091Link(Link):
                 properties=properties,
                 mandatory=mandatory,
             )
-        except amqp_errors.PublishError as exc:
-            frame = exc.frame
-            hooks.failed(
-                msg,
-                Unroutable(
-                    getattr(frame, "reply_text", str(exc)), code=getattr(frame, "reply_code", None)
-                ),
-            )
-            return
-        except amqp_errors.DeliveryError:
-            hooks.failed(msg, Nacked("basic.nack: the broker refused the message"))
-            return
         except (amqp_errors.AMQPError, ConnectionError, RuntimeError) as exc:
-            # The channel or connection died under the publish: the core re-sends it on
-            # the next link (or fails it, by outage policy).
-            hooks.lost(LinkDown(f"publish interrupted: {exc!r}"))
+            self._publish_failed(msg, exc)
             return
-        if isinstance(result, spec.Basic.Ack) or result is None:
-            hooks.settled(msg, getattr(result, "delivery_tag", None))
+        self.hooks.settled(msg, getattr(result, "delivery_tag", None))
 
     # -- topology ---------------------------------------------------------------------------
 

@@ -68,6 +68,9 @@ class DeliverySink(Protocol):
     @property
     def room(self) -> int: ...
 
+    @property
+    def buffered(self) -> int: ...
+
     def on_space(self, callback: Callable[[], None] | None) -> None: ...
 
 

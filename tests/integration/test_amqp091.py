@@ -348,3 +348,26 @@ async def test_link_killed_by_the_broker_replays_and_reconnects(rabbitmq: Any) -
                     if len(seen) == 2000:
                         break
     assert not other_tasks()
+
+
+async def test_the_public_basic_publish_path_keeps_the_same_outcomes(
+    rabbitmq: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback (aiormq's basic_publish per message) for an aiormq without the internals
+    the fast path uses."""
+    from aiobus.transports.amqp091 import Amqp091Link
+
+    monkeypatch.setattr(Amqp091Link, "fast_publish", False)
+    q = unique("slow")
+    async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[
+        Queue(q, max_length=1, overflow="reject-publish"),
+    ]) as bus:
+        await bus.publish(q, b"1", exchange="")
+        with pytest.raises(aiobus.Nacked):
+            await bus.publish(q, b"2", exchange="")
+        with pytest.raises(aiobus.Unroutable):
+            await bus.publish(unique("nobody"), b"x")
+        confirms = await asyncio.gather(
+            *(bus.publish(unique("k"), b"x", mandatory=False) for _ in range(200))
+        )
+        assert len(confirms) == 200
