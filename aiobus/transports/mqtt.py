@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import math
 import secrets
 import ssl
@@ -398,6 +399,13 @@ class MqttLink(Link):
         self._timer: asyncio.TimerHandle | None = None
         self.session_present = False
         self.closing = False
+
+    @classmethod
+    def capabilities_for(cls, settings: Settings) -> Capabilities:
+        """MQTT 3.1.1 has no properties: no headers, TTL, correlation id or reply-to."""
+        if _options(settings).protocol == 5:
+            return cls.capabilities
+        return _MQTT311
 
     # -- checks at the call -----------------------------------------------------------------
 
@@ -1066,6 +1074,9 @@ class MqttLink(Link):
     def raw(self) -> Any:
         """paho's ``Client`` driving this link (outside aiobus's guarantees)."""
         return self._client
+
+
+_MQTT311 = dataclasses.replace(MqttLink.capabilities, headers=False, ttl=False, correlation=False)
 
 
 def _delivery_fields(

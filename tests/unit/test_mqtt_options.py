@@ -131,3 +131,12 @@ async def test_pipe_reads_like_a_nonblocking_socket() -> None:
         pipe.recv(1)
     pipe.eof_received()
     assert pipe.recv(1) == b""
+
+
+def test_capabilities_follow_the_protocol_version() -> None:
+    v4 = aiobus.connect("mqtt://h").capabilities
+    v5 = aiobus.connect("mqtt://h?protocol=5").capabilities
+    assert not v4.headers and not v4.ttl and not v4.correlation
+    assert v5.headers and v5.ttl and v5.correlation
+    for caps in (v4, v5):
+        assert not caps.nack and not caps.unroutable and caps.retain and caps.qos
