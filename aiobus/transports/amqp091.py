@@ -134,6 +134,7 @@ class Amqp091Consumer(Consumer):
         # basic.qos (a true no-ack consumer is pushed without limit).
         self._handed_out: list[int] = []
         self._ack_scheduled = False
+        self._acking: set[asyncio.Task[None]] = set()
         if no_ack:
             sink.on_space(self._handed_out_one)
 
@@ -188,7 +189,12 @@ class Amqp091Consumer(Consumer):
         del self._handed_out[:taken]
         # One multiple-ack covers everything handed out since the last one.
         task = asyncio.get_running_loop().create_task(self._ack_up_to(last))
-        task.add_done_callback(_ignore_result)
+        self._acking.add(task)
+        task.add_done_callback(self._acked)
+
+    def _acked(self, task: asyncio.Task[None]) -> None:
+        self._acking.discard(task)
+        _ignore_result(task)
 
     async def _ack_up_to(self, tag: int) -> None:
         await self.raw.basic_ack(tag, multiple=True, wait=False)
@@ -209,6 +215,8 @@ class Amqp091Consumer(Consumer):
         if self.cancelled:
             return
         self.cancelled = True
+        if self._acking:
+            await asyncio.gather(*self._acking, return_exceptions=True)
         with contextlib.suppress(Exception):
             if self.consumer_tag is not None and not self.raw.is_closed:
                 await self.raw.basic_cancel(self.consumer_tag)
