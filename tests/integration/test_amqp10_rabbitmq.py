@@ -244,3 +244,14 @@ async def test_clean_shutdown_leaves_nothing(rabbitmq: Any) -> None:
     assert link._sock_closed.done()  # type: ignore[attr-defined]
     assert link.conn.state & link.conn.LOCAL_CLOSED  # type: ignore[attr-defined]
     assert not other_tasks()
+
+
+async def test_large_message_spans_many_frames(rabbitmq: Any) -> None:
+    q = await declare(rabbitmq, unique("large"))
+    body = bytes(range(256)) * 4096  # 1 MiB: dozens of transfer frames each way
+    async with aiobus.amqp1.connect(rabbitmq.amqp1_url, **FAST) as bus:
+        async with bus.subscribe(queue_address(q)) as sub:
+            await bus.publish(queue_address(q), body, headers={"n": 1})
+            msg = await sub.get(timeout=10)
+            assert msg.body == body and msg.headers == {"n": 1}
+            await msg.ack()
