@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 import secrets
 import ssl
-from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import proton
-from proton import Disposition, Event, Terminus
+from proton import Event, Terminus
 
 from ..errors import (
     AuthenticationError,
     ConfigError,
-    InvalidTopic,
     LinkDown,
     MessageTooLarge,
     Nacked,
@@ -34,22 +31,26 @@ from ..errors import (
     ProtocolMismatch,
     SubscriptionError,
     TransientConnectError,
-    Unroutable,
 )
-from ..message import Delivery
 from ..settings import Amqp1Options
 from . import amqp10_codec as codec
+from .amqp10_address import validate_address
+from .amqp10_links import (
+    Amqp1Raw,
+    Amqp10Consumer,
+    ReceiverState,
+    SenderState,
+    condition_text,
+    link_names,
+)
 from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
+
+__all__ = ["Amqp1Raw", "Amqp10Consumer", "Amqp10Link", "validate_address"]
 
 if TYPE_CHECKING:
     from ..auth import Credentials
     from ..publishing import Outgoing
     from ..url import Endpoint, Settings
-
-ACCEPTED = Disposition.ACCEPTED
-REJECTED = Disposition.REJECTED
-RELEASED = Disposition.RELEASED
-MODIFIED = Disposition.MODIFIED
 
 _AMQP10_HEADERS = (b"AMQP\x00\x01\x00\x00", b"AMQP\x03\x01\x00\x00")
 # Conditions after which retrying the same connect cannot help.
@@ -60,7 +61,6 @@ _PERMANENT_CONDITIONS = {
     "amqp:not-implemented",
     "amqp:invalid-field",
 }
-_link_names = itertools.count(1)
 _RABBITMQ_V2 = ("/queues/", "/exchanges/")
 
 
@@ -68,321 +68,6 @@ def _options(settings: Settings) -> Amqp1Options:
     opts = settings.options
     assert isinstance(opts, Amqp1Options)
     return opts
-
-
-def _condition_text(cond: Any) -> tuple[str, str | None]:
-    """(description, condition name) of a proton Condition, or a placeholder."""
-    if cond is None:
-        return "no reason given", None
-    name = str(cond.name) if cond.name else None
-    return (str(cond.description) if cond.description else (name or "no reason given")), name
-
-
-_valid_publish_addresses: dict[str, None] = {}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def validate_address(address: str, *, publishing: bool) -> None:
-    """Addresses are the broker's own names; refuse only what no broker accepts, and routing
-    keys with wildcards on publish (a pattern is never a destination)."""
-    if publishing and address in _valid_publish_addresses:
-        return  # publishers reuse a few addresses: check each once
-    _validate_address(address, publishing=publishing)
-    if publishing:
-        if len(_valid_publish_addresses) >= 4096:
-            _valid_publish_addresses.clear()
-        _valid_publish_addresses[address] = None
-
-
-def _validate_address(address: str, *, publishing: bool) -> None:
-    if not isinstance(address, str):
-        raise InvalidTopic(f"an AMQP 1.0 address must be a str, not {type(address).__name__}")
-    if not address:
-        raise InvalidTopic("an AMQP 1.0 address must not be empty")
-    if len(address.encode()) > 65535:
-        raise InvalidTopic("an AMQP 1.0 address must be at most 65535 bytes")
-    if _CONTROL.search(address):
-        raise InvalidTopic(f"control character in AMQP 1.0 address {address!r}")
-    if address.startswith("/queues/") and len(address) == len("/queues/"):
-        raise InvalidTopic(f"address {address!r} names no queue")
-    if address.startswith("/exchanges/") and len(address) == len("/exchanges/"):
-        raise InvalidTopic(f"address {address!r} names no exchange")
-    if publishing:
-        for prefix in ("/exchanges/", "/exchange/", "/topic/"):
-            if address.startswith(prefix):
-                rest = address[len(prefix) :]
-                key = rest if prefix == "/topic/" else rest.partition("/")[2]
-                words = key.split(".")
-                if "*" in words or "#" in words:
-                    raise InvalidTopic(
-                        f"routing key {key!r} in address {address!r} is a pattern; publish to "
-                        "a concrete key"
-                    )
-
-
-# --- links inside the connection ---------------------------------------------------------------
-
-
-class _SenderState:
-    """One proton sender, the messages waiting for its credit, and those awaiting outcomes."""
-
-    __slots__ = (
-        "address",
-        "attached",
-        "error",
-        "link",
-        "queue",
-        "retries",
-        "sender",
-        "session",
-        "unsettled",
-    )
-
-    def __init__(self, link: Amqp10Link, address: str | None) -> None:
-        self.link = link
-        self.address = address
-        self.session = link.conn.session()
-        self.session.open()
-        self.sender = self.session.sender(f"aiobus-send-{next(_link_names)}")
-        if address is not None:  # None: the anonymous terminus (each message says ``to``)
-            self.sender.target.address = address
-        self.sender.open()
-        self.queue: deque[Outgoing] = deque()
-        self.unsettled: dict[str, Outgoing] = {}
-        self.retries: dict[int, int] = {}
-        self.attached = False
-        self.error: BaseException | None = None
-
-    def pump(self) -> None:
-        """Write queued messages within link credit: nothing is sent without credit."""
-        queue = self.queue
-        if not queue:
-            return
-        sender = self.sender
-        credit = sender.credit
-        if credit <= 0:
-            return
-        link = self.link
-        unsettled = self.unsettled
-        presettled = link.presettled
-        address = self.address
-        tags = link.tags
-        durable_default = link.durable
-        while credit > 0 and queue:
-            msg = queue.popleft()
-            credit -= 1
-            tag = str(next(tags))
-            dlv = sender.delivery(tag)
-            sender.stream(
-                codec.encode(
-                    to=msg.topic if address is None else None,
-                    body=msg.body,
-                    message_id=msg.message_id,
-                    correlation_id=msg.correlation_id,
-                    reply_to=msg.reply_to,
-                    content_type=msg.content_type,
-                    headers=msg.headers,
-                    durable=durable_default if msg.persistent is None else msg.persistent,
-                    priority=msg.priority,
-                    ttl=msg.ttl,
-                )
-            )
-            sender.advance()
-            if presettled or not msg.confirm:
-                dlv.settle()
-                link.written.append(msg)
-            else:
-                msg.tag = tag
-                unsettled[tag] = msg
-
-    def on_delivery(self, dlv: Any) -> None:
-        if not dlv.updated:
-            return
-        msg = self.unsettled.pop(dlv.tag, None)
-        state = dlv.remote_state
-        dlv.settle()
-        if msg is None:
-            return
-        hooks = self.link.hooks
-        if state == ACCEPTED:
-            hooks.settled(msg, msg.tag)
-        elif state == REJECTED:
-            reason, code = _condition_text(dlv.remote.condition)
-            # RabbitMQ 4 rejects an overflowing reject-publish queue with no error condition.
-            hooks.failed(
-                msg, Nacked(f"rejected by {msg.topic!r}: {reason}", code=code or "rejected")
-            )
-        elif state == RELEASED:
-            if self.link.mandatory if msg.mandatory is None else msg.mandatory:
-                hooks.failed(
-                    msg,
-                    Unroutable(
-                        f"released by the broker: nothing routed {msg.topic!r}", code="released"
-                    ),
-                )
-            else:
-                hooks.settled(msg, msg.tag)
-        elif state == MODIFIED:
-            remote = dlv.remote
-            tries = self.retries.pop(msg.seq, 0)
-            if remote.undeliverable or tries >= self.link.modified_retries:
-                hooks.failed(
-                    msg,
-                    Nacked(
-                        f"modified (undeliverable={remote.undeliverable}) by {msg.topic!r}",
-                        code="modified",
-                    ),
-                )
-            else:
-                # The broker asks for another try: the same link, at the end of its queue.
-                self.retries[msg.seq] = tries + 1
-                self.queue.append(msg)
-                self.pump()
-        else:
-            hooks.failed(msg, Nacked(f"unexpected outcome {state!r}", code=str(state)))
-
-    def fail_all(self, error: BaseException) -> None:
-        """The broker ended this sender (e.g. a missing target): its messages fail, typed."""
-        self.error = error
-        hooks = self.link.hooks
-        for msg in list(self.unsettled.values()) + list(self.queue):
-            hooks.failed(msg, error)
-        self.unsettled.clear()
-        self.queue.clear()
-
-
-class _ReceiverState:
-    __slots__ = ("attached", "consumer", "receiver", "session")
-
-    def __init__(self, receiver: Any, session: Any, consumer: Amqp10Consumer) -> None:
-        self.receiver = receiver
-        self.session = session
-        self.consumer = consumer
-        self.attached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_delivery(self, dlv: Any) -> None:
-        if not dlv.readable or dlv.partial:
-            return
-        receiver = self.receiver
-        data = receiver.recv(dlv.pending)
-        receiver.advance()
-        if self.consumer.cancelled:
-            return  # detaching: left unsettled, the broker takes it back with the link
-        self.consumer.deliver(dlv, data)
-
-
-class Amqp1Raw:
-    """``Delivery.raw`` on AMQP 1.0: proton's delivery, the message's bytes and the fields
-    aiobus has no slot for (subject, annotations, durable, priority, ttl in ms)."""
-
-    __slots__ = ("annotations", "data", "delivery", "durable", "priority", "subject", "ttl")
-
-    def __init__(self, delivery: Any, data: bytes, fields: dict[str, Any]) -> None:
-        self.delivery = delivery
-        self.data = data
-        self.subject: str | None = fields["subject"]
-        self.annotations: dict[Any, Any] = fields["annotations"]
-        self.durable: bool = fields["durable"]
-        self.priority: int = fields["priority"]
-        self.ttl: int | None = fields["ttl"]
-
-    @property
-    def message(self) -> proton.Message:
-        """The whole message decoded by proton (made on demand: it costs)."""
-        message = proton.Message()
-        message.decode(self.data)
-        return message
-
-
-class Amqp10Consumer(Consumer):
-    protocol: ClassVar[str] = "amqp10"
-
-    def __init__(
-        self, hooks: LinkHooks, link: Amqp10Link, spec: SubscriptionSpec, sink: DeliverySink
-    ) -> None:
-        super().__init__(hooks)
-        self.link = link
-        self.address = spec.pattern
-        self.sink = sink
-        self.no_ack = spec.no_ack
-        self.prefetch = spec.prefetch
-        self.state: _ReceiverState | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tags = itertools.count(1)
-
-    def deliver(self, dlv: Any, data: bytes) -> None:
-        fields = codec.decode(data)
-        no_ack = self.no_ack
-        if no_ack:
-            if not dlv.settled:  # the broker ignored our settle mode: accept it ourselves
-                dlv.update(ACCEPTED)
-            dlv.settle()
-        count = fields["delivery_count"] or 0
-        self.sink.push(
-            Delivery(
-                self,
-                fields["to"] or self.address,
-                fields["body"],
-                tag=next(self._tags),
-                headers=fields["headers"],
-                content_type=fields["content_type"],
-                message_id=fields["message_id"],
-                correlation_id=fields["correlation_id"],
-                reply_to=fields["reply_to"],
-                timestamp=fields["timestamp"],
-                redelivered=count > 0 or fields["first_acquirer"] is False,
-                delivery_count=count,
-                settled=no_ack,
-                returns_on_loss=not no_ack,
-                raw=Amqp1Raw(dlv, data, fields),
-            )
-        )
-
-    def _settle(self, delivery: Delivery, outcome: Any, *, failed: bool = False) -> None:
-        raw = delivery.raw
-        assert isinstance(raw, Amqp1Raw)
-        dlv = raw.delivery
-        if failed:
-            dlv.local.failed = True
-        dlv.update(outcome)
-        dlv.settle()
-        state = self.state
-        if state is not None and not self.cancelled:
-            state.receiver.flow(1)  # credit follows settlement: at most prefetch unsettled
-        self.link.kick()
-
-    async def ack(self, delivery: Delivery) -> None:
-        self._settle(delivery, ACCEPTED)
-
-    async def nack(self, delivery: Delivery, requeue: bool) -> None:
-        if requeue:
-            self._settle(delivery, MODIFIED, failed=True)  # the broker counts the redelivery
-        else:
-            self._settle(delivery, REJECTED)
-
-    async def release(self, delivery: Delivery) -> None:
-        """Back to the queue without counting a failed delivery (AMQP 1.0 ``released``)."""
-        self._settle(delivery, RELEASED)
-
-    def _space(self) -> None:
-        """no_ack: the broker's deliveries are pre-settled, so credit follows the buffer."""
-        state = self.state
-        if state is not None and not self.cancelled and self._hooks.alive:
-            state.receiver.flow(1)
-            self.link.kick()
-
-    async def cancel(self) -> None:
-        if self.cancelled:
-            return
-        self.cancelled = True
-        state = self.state
-        if state is None or not self._hooks.alive:
-            return
-        state.receiver.close()  # detach closed: unsettled deliveries return to the queue
-        state.session.close()
-        self.link.kick()
-        if not self.closed.done():
-            await asyncio.wait({self.closed, self.link.dead}, return_when=asyncio.FIRST_COMPLETED)
 
 
 # --- the link -----------------------------------------------------------------------------
@@ -427,8 +112,8 @@ class Amqp10Link(Link, asyncio.Protocol):
         self._sock: asyncio.Transport | None = None
         self._header = b""
         self._states: dict[Any, Any] = {}
-        self._anon: _SenderState | None = None
-        self._senders: dict[str, _SenderState] = {}
+        self._anon: SenderState | None = None
+        self._senders: dict[str, SenderState] = {}
         self._use_anon = False
         self._rabbitmq = False
         self._opened: asyncio.Future[None] = self.loop.create_future()
@@ -719,7 +404,7 @@ class Amqp10Link(Link, asyncio.Protocol):
 
     def _on_flow(self, ev: Any) -> None:
         state = self._states.get(ev.link)
-        if isinstance(state, _SenderState):
+        if isinstance(state, SenderState):
             state.pump()
 
     def _on_connection_open(self, ev: Any) -> None:
@@ -727,7 +412,7 @@ class Amqp10Link(Link, asyncio.Protocol):
             self._opened.set_result(None)
 
     def _on_connection_close(self, ev: Any) -> None:
-        reason, code = _condition_text(self.conn.remote_condition)
+        reason, code = condition_text(self.conn.remote_condition)
         if self._closing:
             return
         self.conn.close()
@@ -741,7 +426,7 @@ class Amqp10Link(Link, asyncio.Protocol):
 
     def _on_session_close(self, ev: Any) -> None:
         session = ev.session
-        reason, code = _condition_text(session.remote_condition)
+        reason, code = condition_text(session.remote_condition)
         for link_obj, state in list(self._states.items()):
             if state.session == session:
                 self._link_ended(link_obj, state, reason, code)
@@ -750,19 +435,19 @@ class Amqp10Link(Link, asyncio.Protocol):
     def _on_link_open(self, ev: Any) -> None:
         link_obj = ev.link
         state = self._states.get(link_obj)
-        if isinstance(state, _ReceiverState):
+        if isinstance(state, ReceiverState):
             # A refused attach comes back with no source, then a detach or an end.
             source = link_obj.remote_source
             refused = source.type == Terminus.UNSPECIFIED or source.address is None
             if not refused and not state.attached.done():
                 state.attached.set_result(None)
-        elif isinstance(state, _SenderState):
+        elif isinstance(state, SenderState):
             state.attached = True
 
     def _on_link_close(self, ev: Any) -> None:
         link_obj = ev.link
         state = self._states.get(link_obj)
-        reason, code = _condition_text(link_obj.remote_condition)
+        reason, code = condition_text(link_obj.remote_condition)
         if state is not None:
             self._link_ended(link_obj, state, reason, code)
         link_obj.close()
@@ -772,7 +457,7 @@ class Amqp10Link(Link, asyncio.Protocol):
         self._states.pop(link_obj, None)
         if self._closing:
             return  # our own close: the broker's detach answers it
-        if isinstance(state, _ReceiverState):
+        if isinstance(state, ReceiverState):
             consumer = state.consumer
             if not state.attached.done():
                 state.attached.set_exception(
@@ -793,7 +478,7 @@ class Amqp10Link(Link, asyncio.Protocol):
                             + (f" ({code})" if code else "")
                         )
                     )
-        elif isinstance(state, _SenderState):
+        elif isinstance(state, SenderState):
             if state is self._anon:
                 self._die(LinkDown(f"the broker ended the sender: {reason} ({code})"))
                 return
@@ -803,7 +488,7 @@ class Amqp10Link(Link, asyncio.Protocol):
 
     def _on_transport_error(self, ev: Any) -> None:
         cond = self.transport.condition
-        reason, code = _condition_text(cond)
+        reason, code = condition_text(cond)
         outcome = self._sasl.outcome
         if outcome in (proton.SASL.AUTH, proton.SASL.PERM) or code == "amqp:unauthorized-access":
             self._die(AuthenticationError(f"the broker refused the credentials: {reason}"))
@@ -813,7 +498,7 @@ class Amqp10Link(Link, asyncio.Protocol):
             self._die(LinkDown(f"transport error: {reason} ({code})"))
 
     def _on_transport_closed(self, ev: Any) -> None:
-        reason, code = _condition_text(self.transport.condition)
+        reason, code = condition_text(self.transport.condition)
         self._die(LinkDown(f"transport closed: {reason}" + (f" ({code})" if code else "")))
 
     # -- death and closing ---------------------------------------------------------------------
@@ -829,7 +514,7 @@ class Amqp10Link(Link, asyncio.Protocol):
             self._opened.exception()  # open() re-raises it if it still waits; else not news
         self.hooks.lost(exc)
         for state in list(self._states.values()):
-            if isinstance(state, _ReceiverState):
+            if isinstance(state, ReceiverState):
                 if not state.attached.done():
                     state.attached.set_exception(LinkDown(f"link lost while attaching: {exc}"))
                 if not state.consumer.closed.done():
@@ -859,7 +544,7 @@ class Amqp10Link(Link, asyncio.Protocol):
         if not self.dead.done() and self._sock is not None:
             self._closing = True
             for state in list(self._states.values()):
-                if isinstance(state, _ReceiverState):
+                if isinstance(state, ReceiverState):
                     state.receiver.close()
                 else:
                     state.sender.close()
@@ -885,8 +570,8 @@ class Amqp10Link(Link, asyncio.Protocol):
 
     # -- publishing ------------------------------------------------------------------------------
 
-    def _add_sender(self, address: str | None) -> _SenderState:
-        state = _SenderState(self, address)
+    def _add_sender(self, address: str | None) -> SenderState:
+        state = SenderState(self, address)
         self._states[state.sender] = state
         return state
 
@@ -894,14 +579,14 @@ class Amqp10Link(Link, asyncio.Protocol):
         if self.dead.done():
             raise LinkDown(f"the AMQP 1.0 link is dead: {self._error}")
         anon = self._anon
-        touched: dict[int, _SenderState] = {}
+        touched: dict[int, SenderState] = {}
         senders = self._senders
         rabbitmq = self._rabbitmq
         for msg in batch:
             topic = msg.topic
             # RabbitMQ 4 takes only its v2 addresses in ``to``; the older forms work as a
             # link's target, so those get a sender (and a session) of their own.
-            state: _SenderState | None = None
+            state: SenderState | None = None
             if anon is not None and (not rabbitmq or topic.startswith(_RABBITMQ_V2)):
                 state = anon
             else:
@@ -922,7 +607,7 @@ class Amqp10Link(Link, asyncio.Protocol):
         consumer = Amqp10Consumer(self.hooks, self, spec, sink)
         session = self.conn.session()
         session.open()
-        receiver = session.receiver(f"aiobus-recv-{next(_link_names)}")
+        receiver = session.receiver(f"aiobus-recv-{next(link_names)}")
         receiver.source.address = spec.pattern
         if spec.no_ack:
             receiver.snd_settle_mode = proton.Link.SND_SETTLED
@@ -931,7 +616,7 @@ class Amqp10Link(Link, asyncio.Protocol):
             receiver.snd_settle_mode = proton.Link.SND_UNSETTLED
         receiver.rcv_settle_mode = proton.Link.RCV_FIRST
         receiver.open()
-        state = _ReceiverState(receiver, session, consumer)
+        state = ReceiverState(receiver, session, consumer)
         consumer.state = state
         self._states[receiver] = state
         self.flush()

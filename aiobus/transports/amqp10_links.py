@@ -1,0 +1,297 @@
+"""The links inside one AMQP 1.0 connection: senders with their credit queue and outcomes,
+receivers with settlement-driven credit, and the consumer the core settles deliveries through."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import proton
+from proton import Disposition
+
+from ..errors import Nacked, Unroutable
+from ..message import Delivery
+from . import amqp10_codec as codec
+from .base import Consumer, DeliverySink, LinkHooks, SubscriptionSpec
+
+if TYPE_CHECKING:
+    from ..publishing import Outgoing
+    from .amqp10 import Amqp10Link
+
+ACCEPTED = Disposition.ACCEPTED
+REJECTED = Disposition.REJECTED
+RELEASED = Disposition.RELEASED
+MODIFIED = Disposition.MODIFIED
+link_names = itertools.count(1)
+
+
+def condition_text(cond: Any) -> tuple[str, str | None]:
+    """(description, condition name) of a proton Condition, or a placeholder."""
+    if cond is None:
+        return "no reason given", None
+    name = str(cond.name) if cond.name else None
+    return (str(cond.description) if cond.description else (name or "no reason given")), name
+
+
+class SenderState:
+    """One proton sender, the messages waiting for its credit, and those awaiting outcomes."""
+
+    __slots__ = (
+        "address",
+        "attached",
+        "error",
+        "link",
+        "queue",
+        "retries",
+        "sender",
+        "session",
+        "unsettled",
+    )
+
+    def __init__(self, link: Amqp10Link, address: str | None) -> None:
+        self.link = link
+        self.address = address
+        self.session = link.conn.session()
+        self.session.open()
+        self.sender = self.session.sender(f"aiobus-send-{next(link_names)}")
+        if address is not None:  # None: the anonymous terminus (each message says ``to``)
+            self.sender.target.address = address
+        self.sender.open()
+        self.queue: deque[Outgoing] = deque()
+        self.unsettled: dict[str, Outgoing] = {}
+        self.retries: dict[int, int] = {}
+        self.attached = False
+        self.error: BaseException | None = None
+
+    def pump(self) -> None:
+        """Write queued messages within link credit: nothing is sent without credit."""
+        queue = self.queue
+        if not queue:
+            return
+        sender = self.sender
+        credit = sender.credit
+        if credit <= 0:
+            return
+        link = self.link
+        unsettled = self.unsettled
+        presettled = link.presettled
+        address = self.address
+        tags = link.tags
+        durable_default = link.durable
+        while credit > 0 and queue:
+            msg = queue.popleft()
+            credit -= 1
+            tag = str(next(tags))
+            dlv = sender.delivery(tag)
+            sender.stream(
+                codec.encode(
+                    to=msg.topic if address is None else None,
+                    body=msg.body,
+                    message_id=msg.message_id,
+                    correlation_id=msg.correlation_id,
+                    reply_to=msg.reply_to,
+                    content_type=msg.content_type,
+                    headers=msg.headers,
+                    durable=durable_default if msg.persistent is None else msg.persistent,
+                    priority=msg.priority,
+                    ttl=msg.ttl,
+                )
+            )
+            sender.advance()
+            if presettled or not msg.confirm:
+                dlv.settle()
+                link.written.append(msg)
+            else:
+                msg.tag = tag
+                unsettled[tag] = msg
+
+    def on_delivery(self, dlv: Any) -> None:
+        if not dlv.updated:
+            return
+        msg = self.unsettled.pop(dlv.tag, None)
+        state = dlv.remote_state
+        dlv.settle()
+        if msg is None:
+            return
+        hooks = self.link.hooks
+        if state == ACCEPTED:
+            hooks.settled(msg, msg.tag)
+        elif state == REJECTED:
+            reason, code = condition_text(dlv.remote.condition)
+            # RabbitMQ 4 rejects an overflowing reject-publish queue with no error condition.
+            hooks.failed(
+                msg, Nacked(f"rejected by {msg.topic!r}: {reason}", code=code or "rejected")
+            )
+        elif state == RELEASED:
+            if self.link.mandatory if msg.mandatory is None else msg.mandatory:
+                hooks.failed(
+                    msg,
+                    Unroutable(
+                        f"released by the broker: nothing routed {msg.topic!r}", code="released"
+                    ),
+                )
+            else:
+                hooks.settled(msg, msg.tag)
+        elif state == MODIFIED:
+            remote = dlv.remote
+            tries = self.retries.pop(msg.seq, 0)
+            if remote.undeliverable or tries >= self.link.modified_retries:
+                hooks.failed(
+                    msg,
+                    Nacked(
+                        f"modified (undeliverable={remote.undeliverable}) by {msg.topic!r}",
+                        code="modified",
+                    ),
+                )
+            else:
+                # The broker asks for another try: the same link, at the end of its queue.
+                self.retries[msg.seq] = tries + 1
+                self.queue.append(msg)
+                self.pump()
+        else:
+            hooks.failed(msg, Nacked(f"unexpected outcome {state!r}", code=str(state)))
+
+    def fail_all(self, error: BaseException) -> None:
+        """The broker ended this sender (e.g. a missing target): its messages fail, typed."""
+        self.error = error
+        hooks = self.link.hooks
+        for msg in list(self.unsettled.values()) + list(self.queue):
+            hooks.failed(msg, error)
+        self.unsettled.clear()
+        self.queue.clear()
+
+
+class ReceiverState:
+    __slots__ = ("attached", "consumer", "receiver", "session")
+
+    def __init__(self, receiver: Any, session: Any, consumer: Amqp10Consumer) -> None:
+        self.receiver = receiver
+        self.session = session
+        self.consumer = consumer
+        self.attached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_delivery(self, dlv: Any) -> None:
+        if not dlv.readable or dlv.partial:
+            return
+        receiver = self.receiver
+        data = receiver.recv(dlv.pending)
+        receiver.advance()
+        if self.consumer.cancelled:
+            return  # detaching: left unsettled, the broker takes it back with the link
+        self.consumer.deliver(dlv, data)
+
+
+class Amqp1Raw:
+    """``Delivery.raw`` on AMQP 1.0: proton's delivery, the message's bytes and the fields
+    aiobus has no slot for (subject, annotations, durable, priority, ttl in ms)."""
+
+    __slots__ = ("annotations", "data", "delivery", "durable", "priority", "subject", "ttl")
+
+    def __init__(self, delivery: Any, data: bytes, fields: dict[str, Any]) -> None:
+        self.delivery = delivery
+        self.data = data
+        self.subject: str | None = fields["subject"]
+        self.annotations: dict[Any, Any] = fields["annotations"]
+        self.durable: bool = fields["durable"]
+        self.priority: int = fields["priority"]
+        self.ttl: int | None = fields["ttl"]
+
+    @property
+    def message(self) -> proton.Message:
+        """The whole message decoded by proton (made on demand: it costs)."""
+        message = proton.Message()
+        message.decode(self.data)
+        return message
+
+
+class Amqp10Consumer(Consumer):
+    protocol: ClassVar[str] = "amqp10"
+
+    def __init__(
+        self, hooks: LinkHooks, link: Amqp10Link, spec: SubscriptionSpec, sink: DeliverySink
+    ) -> None:
+        super().__init__(hooks)
+        self.link = link
+        self.address = spec.pattern
+        self.sink = sink
+        self.no_ack = spec.no_ack
+        self.prefetch = spec.prefetch
+        self.state: ReceiverState | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tags = itertools.count(1)
+
+    def deliver(self, dlv: Any, data: bytes) -> None:
+        fields = codec.decode(data)
+        no_ack = self.no_ack
+        if no_ack:
+            if not dlv.settled:  # the broker ignored our settle mode: accept it ourselves
+                dlv.update(ACCEPTED)
+            dlv.settle()
+        count = fields["delivery_count"] or 0
+        self.sink.push(
+            Delivery(
+                self,
+                fields["to"] or self.address,
+                fields["body"],
+                tag=next(self._tags),
+                headers=fields["headers"],
+                content_type=fields["content_type"],
+                message_id=fields["message_id"],
+                correlation_id=fields["correlation_id"],
+                reply_to=fields["reply_to"],
+                timestamp=fields["timestamp"],
+                redelivered=count > 0 or fields["first_acquirer"] is False,
+                delivery_count=count,
+                settled=no_ack,
+                returns_on_loss=not no_ack,
+                raw=Amqp1Raw(dlv, data, fields),
+            )
+        )
+
+    def _settle(self, delivery: Delivery, outcome: Any, *, failed: bool = False) -> None:
+        raw = delivery.raw
+        assert isinstance(raw, Amqp1Raw)
+        dlv = raw.delivery
+        if failed:
+            dlv.local.failed = True
+        dlv.update(outcome)
+        dlv.settle()
+        state = self.state
+        if state is not None and not self.cancelled:
+            state.receiver.flow(1)  # credit follows settlement: at most prefetch unsettled
+        self.link.kick()
+
+    async def ack(self, delivery: Delivery) -> None:
+        self._settle(delivery, ACCEPTED)
+
+    async def nack(self, delivery: Delivery, requeue: bool) -> None:
+        if requeue:
+            self._settle(delivery, MODIFIED, failed=True)  # the broker counts the redelivery
+        else:
+            self._settle(delivery, REJECTED)
+
+    async def release(self, delivery: Delivery) -> None:
+        """Back to the queue without counting a failed delivery (AMQP 1.0 ``released``)."""
+        self._settle(delivery, RELEASED)
+
+    def _space(self) -> None:
+        """no_ack: the broker's deliveries are pre-settled, so credit follows the buffer."""
+        state = self.state
+        if state is not None and not self.cancelled and self._hooks.alive:
+            state.receiver.flow(1)
+            self.link.kick()
+
+    async def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        state = self.state
+        if state is None or not self._hooks.alive:
+            return
+        state.receiver.close()  # detach closed: unsettled deliveries return to the queue
+        state.session.close()
+        self.link.kick()
+        if not self.closed.done():
+            await asyncio.wait({self.closed, self.link.dead}, return_when=asyncio.FIRST_COMPLETED)
