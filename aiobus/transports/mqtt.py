@@ -16,10 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import math
-import secrets
 import ssl
-import struct
-import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -27,7 +24,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from paho.mqtt.client import MQTTv5, MQTTv311
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ..errors import (
@@ -41,11 +37,21 @@ from ..errors import (
     SubscriptionError,
     TransientConnectError,
 )
-from ..message import Delivery
 from ..mqtt import Will
-from ..settings import MqttOptions
-from ..topics import TopicMatcher, validate_mqtt_filter, validate_mqtt_topic
+from ..topics import validate_mqtt_filter, validate_mqtt_topic
 from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
+from .mqtt_receive import Group, Inbound, MqttConsumer
+from .mqtt_session import (
+    NO_INFO,
+    delivery_fields,
+    options_of,
+    properties,
+    publish_properties,
+    reason_text,
+    retrieve,
+    session_for,
+    sessions,
+)
 from .mqtt_wire import AGAIN, PahoClient, _Pipe, websocket_handshake, websocket_over
 
 if TYPE_CHECKING:
@@ -56,8 +62,6 @@ if TYPE_CHECKING:
     from ..url import Endpoint, Settings
 
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
-#: The user property that carries ``message_id`` on MQTT 5 (MQTT has no such field).
-MESSAGE_ID_PROPERTY = "message-id"
 #: Messages held while a subscription's buffer is full before the socket stops being read.
 HOLD_LIMIT = 1000
 #: Seconds after a link opens during which messages no subscription matches yet (a resumed
@@ -65,288 +69,7 @@ HOLD_LIMIT = 1000
 ORPHAN_GRACE = 10.0
 
 
-def _options(settings: Settings) -> MqttOptions:
-    opts = settings.options
-    assert isinstance(opts, MqttOptions)
-    return opts
-
-
-# -- per-connection session state ------------------------------------------------------------
-
-
-class _Session:
-    """What outlives one link of a connection: the client id, the packet-id counter, what the
-    broker told us about itself, and the QoS 2 flows a resumed session must finish."""
-
-    __slots__ = (
-        "client_id",
-        "connected_once",
-        "in_qos2",
-        "max_packet",
-        "max_qos",
-        "next_mid",
-        "next_sub_id",
-        "pubrec",
-        "retain_available",
-        "shared_available",
-    )
-
-    def __init__(self, client_id: str) -> None:
-        self.client_id = client_id
-        self.connected_once = False
-        self.next_mid = 0
-        self.next_sub_id = 0
-        self.max_packet: int | None = None
-        self.max_qos = 2
-        self.retain_available = True
-        self.shared_available = True
-        #: Outgoing QoS 2 packet ids whose PUBREC came: on a resumed session the PUBREL is
-        #: sent again instead of the message.
-        self.pubrec: set[int] = set()
-        #: Incoming QoS 2 messages waiting for PUBREL (paho's ``_in_messages``), carried over
-        #: so that a PUBREL after a reconnect still hands the message over exactly once.
-        self.in_qos2: dict[int, Any] = {}
-
-
-_sessions: dict[int, _Session] = {}
-
-
-def _session(settings: Settings) -> _Session:
-    # One Settings object per Connection, so its id keys the connection's session; the entry
-    # goes when the Settings object does.
-    key = id(settings)
-    found = _sessions.get(key)
-    if found is None:
-        opts = _options(settings)
-        client_id = opts.client_id or f"aiobus-{secrets.token_hex(8)}"
-        found = _sessions[key] = _Session(client_id)
-        weakref.finalize(settings, _sessions.pop, key, None)
-    return found
-
-
-def _persistent(opts: MqttOptions) -> bool:
-    """Whether the broker keeps the session (and re-sends unacked QoS 1) across a drop."""
-    if opts.protocol == 5:
-        return opts.session_expiry > 0
-    return not opts.clean_session
-
-
-# -- MQTT 5 properties -------------------------------------------------------------------------
-
-
-def _str16(text: str) -> bytes:
-    data = text.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value % 128
-        value //= 128
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
-
-
-class _NoInfo:
-    """paho marks a written QoS 0 packet as published on its info object; we need none."""
-
-    __slots__ = ()
-
-    def _set_as_published(self) -> None:
-        pass
-
-
-_NO_INFO = _NoInfo()
-
-
-class _Packed:
-    """Pre-encoded publish properties: paho only calls ``pack()``, and building its
-    ``Properties`` object per message costs more than the rest of a publish."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def pack(self) -> bytes:
-        return self.data
-
-
-def _publish_properties(msg: Outgoing) -> _Packed:
-    out = bytearray()
-    if msg.ttl is not None:
-        out += b"\x02" + struct.pack("!I", min(0xFFFFFFFF, max(1, math.ceil(msg.ttl))))
-    if msg.content_type:
-        out += b"\x03" + _str16(msg.content_type)
-    if msg.reply_to:
-        out += b"\x08" + _str16(msg.reply_to)
-    if msg.correlation_id:
-        out += b"\x09" + _str16(msg.correlation_id)
-    if msg.headers:
-        for key, value in msg.headers.items():
-            out += b"\x26" + _str16(key) + _str16(value)
-    if msg.message_id:
-        out += b"\x26\x00\x0amessage-id" + _str16(msg.message_id)
-    return _Packed(_varint(len(out)) + bytes(out))
-
-
-def _properties(packet_type: int) -> Any:
-    return Properties(packet_type)  # type: ignore[no-untyped-call]
-
-
-def _reason(packet_type: int, code: int, packet: bytes | bytearray) -> str:
-    """A refusal's name and, if the broker sent one, its reason string."""
-    try:
-        name = ReasonCode(packet_type, identifier=code).getName()
-    except Exception:
-        name = f"reason code 0x{code:02X}"
-    if len(packet) > 3:
-        with contextlib.suppress(Exception):
-            props = _properties(packet_type)
-            props.unpack(packet[3:])
-            text = getattr(props, "ReasonString", None)
-            if text:
-                return f"{name}: {text}"
-    return str(name)
-
-
-# -- receiving ----------------------------------------------------------------------------------
-
-
-class _Inbound:
-    """One QoS 1 PUBLISH handed to one or more subscriptions: PUBACK when all have acked."""
-
-    __slots__ = ("mid", "remaining")
-
-    def __init__(self, mid: int, remaining: int) -> None:
-        self.mid = mid
-        self.remaining = remaining
-
-
-class MqttConsumer(Consumer):
-    protocol: ClassVar[str] = "mqtt"
-    can_nack: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        hooks: LinkHooks,
-        link: MqttLink,
-        spec: SubscriptionSpec,
-        sink: DeliverySink,
-        topic_filter: str,
-        qos: int,
-    ) -> None:
-        super().__init__(hooks)
-        self.link = link
-        self.sink = sink
-        self.filter = topic_filter
-        self.qos = qos
-        self.no_ack = spec.no_ack
-        self.unacked: dict[int, _Inbound] = {}
-        self.returns_on_loss = _persistent(link.opts)
-        sink.on_space(link.resume_if_room)
-
-    def deliver(
-        self,
-        msg: MQTTMessage,
-        topic: str,
-        inbound: _Inbound | None,
-        props: tuple[dict[str, Any], str | None, str | None, str | None, str | None],
-        now: datetime,
-    ) -> None:
-        headers, content_type, message_id, correlation_id, reply_to = props
-        qos = msg.qos
-        settled = self.no_ack
-        if inbound is not None:
-            if self.no_ack:
-                self.link.release(inbound)
-            else:
-                self.unacked[msg.mid] = inbound
-        self.sink.push(
-            Delivery(
-                self,
-                topic,
-                bytes(msg.payload),
-                tag=msg.mid,
-                headers=headers,
-                content_type=content_type,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                reply_to=reply_to,
-                timestamp=now,
-                redelivered=msg.dup,
-                qos=qos,
-                retain=msg.retain,
-                settled=settled,
-                returns_on_loss=qos == 1 and self.returns_on_loss and not settled,
-                raw=msg,
-            )
-        )
-
-    async def ack(self, delivery: Delivery) -> None:
-        # QoS 0: nothing to send. QoS 2: PUBCOMP went when the message was handed over.
-        inbound = self.unacked.pop(delivery.tag, None)
-        if inbound is not None:
-            self.link.release(inbound)
-
-    async def nack(self, delivery: Delivery, requeue: bool) -> None:  # pragma: no cover
-        raise AssertionError("MQTT has no nack; Delivery.nack raises NotSupported first")
-
-    async def cancel(self) -> None:
-        if self.cancelled:
-            return
-        self.cancelled = True
-        link = self.link
-        # MQTT cannot give a message back: unacked ones are acknowledged so that the broker's
-        # in-flight window for this client is not held by a subscription that is gone.
-        for inbound in self.unacked.values():
-            link.release(inbound)
-        self.unacked.clear()
-        await link.detach(self, unsubscribe=not _connection_closing(self.sink))
-
-
-def _connection_closing(sink: DeliverySink) -> bool:
-    """True when the consumer is cancelled because the whole connection closes (the core
-    cancels every consumer first; a subscription leaving its ``async with`` is unregistered
-    before its consumer is cancelled). Then no UNSUBSCRIBE: a persistent session keeps its
-    subscriptions for the next connection with the same client id, which is the point of it,
-    and a clean session ends with the DISCONNECT anyway."""
-    connection = getattr(sink, "_connection", None)
-    subs = getattr(connection, "_subs", None)
-    return subs is not None and sink in subs
-
-
-class _Group:
-    """One broker subscription (one filter) and the consumers that share it."""
-
-    __slots__ = ("consumers", "filter", "matcher", "next", "ready", "shared", "sub_id")
-
-    def __init__(self, topic_filter: str, sub_id: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.filter = topic_filter
-        self.sub_id = sub_id
-        self.shared = topic_filter.startswith("$share/")
-        self.matcher = TopicMatcher(topic_filter, "mqtt")
-        self.consumers: list[MqttConsumer] = []
-        self.next = 0
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self.ready.add_done_callback(_retrieve)
-
-    def targets(self) -> list[MqttConsumer]:
-        consumers = self.consumers
-        if not self.shared or len(consumers) <= 1:
-            return consumers
-        # Shared: one consumer per message, round robin, skipping full buffers if it can.
-        count = len(consumers)
-        for step in range(count):
-            consumer = consumers[(self.next + step) % count]
-            if consumer.sink.room > 0:
-                self.next = (self.next + step + 1) % count
-                return [consumer]
-        consumer = consumers[self.next % count]
-        self.next = (self.next + 1) % count
-        return [consumer]
+_options = options_of
 
 
 # -- the link -------------------------------------------------------------------------------------
@@ -377,14 +100,14 @@ class MqttLink(Link):
         super().__init__(settings, endpoint, credentials, hooks)
         self.opts = _options(settings)
         self.v5 = self.opts.protocol == 5
-        self.session = _session(settings)
+        self.session = session_for(settings)
         self._loop = asyncio.get_running_loop()
         self._pipe: _Pipe | None = None
         self._client: PahoClient | None = None
         self._out: dict[int, Outgoing] = {}
         #: One broker subscription per distinct filter; consumers with the same filter share it.
-        self._groups: dict[str, _Group] = {}
-        self._groups_by_id: dict[int, _Group] = {}
+        self._groups: dict[str, Group] = {}
+        self._groups_by_id: dict[int, Group] = {}
         self._held: collections.deque[MQTTMessage] = collections.deque()
         self._holding = False
         self._reading_paused = False
@@ -434,7 +157,7 @@ class MqttLink(Link):
             )
         if msg.retain not in (True, False):
             raise ConfigError(f"retain must be a bool, got {msg.retain!r}")
-        session = _sessions.get(id(settings))
+        session = sessions.get(id(settings))
         if opts.protocol == 5:
             if msg.headers:
                 for key, value in msg.headers.items():
@@ -570,7 +293,7 @@ class MqttLink(Link):
                 if msg.qos == 1:
                     client.ack(msg.mid, 1)
 
-    def _adopt_orphans(self, group: _Group) -> None:
+    def _adopt_orphans(self, group: Group) -> None:
         orphans = self._orphans
         if not orphans:
             return
@@ -605,7 +328,7 @@ class MqttLink(Link):
             assert isinstance(will, Will)
             will_props = None
             if self.v5 and (will.delay or will.headers):
-                will_props = _properties(PacketTypes.WILLMESSAGE)
+                will_props = properties(PacketTypes.WILLMESSAGE)
                 if will.delay:
                     will_props.WillDelayInterval = will.delay
                 if will.headers:
@@ -619,14 +342,14 @@ class MqttLink(Link):
         props = None
         clean_start: bool = opts.clean_session and not session.connected_once
         if self.v5:
-            props = _properties(PacketTypes.CONNECT)
+            props = properties(PacketTypes.CONNECT)
             if opts.session_expiry:
                 props.SessionExpiryInterval = opts.session_expiry
             if opts.receive_maximum is not None:
                 props.ReceiveMaximum = opts.receive_maximum
         self._connack = self._loop.create_future()
         # Failed by the transport's death whether or not open() is still waiting for it.
-        self._connack.add_done_callback(_retrieve)
+        self._connack.add_done_callback(retrieve)
         pipe.on_data = self._on_data
         keepalive = math.ceil(opts.heartbeat) if opts.heartbeat else 0
         try:
@@ -704,7 +427,7 @@ class MqttLink(Link):
         except UnicodeDecodeError:
             topic = None
         props: Any = msg.properties if self.v5 else None
-        groups: list[_Group] = []
+        groups: list[Group] = []
         if props is not None and hasattr(props, "SubscriptionIdentifier"):
             by_id = self._groups_by_id
             groups = [by_id[i] for i in props.SubscriptionIdentifier if i in by_id]
@@ -727,8 +450,8 @@ class MqttLink(Link):
             if qos == 1 and self._client is not None:
                 self._client.ack(msg.mid, 1)
             return
-        inbound = _Inbound(msg.mid, len(targets)) if qos == 1 else None
-        fields = _delivery_fields(props)
+        inbound = Inbound(msg.mid, len(targets)) if qos == 1 else None
+        fields = delivery_fields(props)
         now = datetime.now(UTC)
         for consumer in targets:
             consumer.deliver(msg, topic, inbound, fields, now)
@@ -885,10 +608,10 @@ class MqttLink(Link):
         written: list[Outgoing] = []
         for msg in batch:
             qos = msg.qos or 0
-            props = _publish_properties(msg) if v5 else None
+            props = publish_properties(msg) if v5 else None
             topic = msg.topic.encode()
             if qos == 0:
-                rc = send(0, topic, msg.body, 0, msg.retain, False, _NO_INFO, props)
+                rc = send(0, topic, msg.body, 0, msg.retain, False, NO_INFO, props)
                 written.append(msg)
             else:
                 dup = False
@@ -924,7 +647,7 @@ class MqttLink(Link):
             return
         if code >= 0x80:
             kind = PacketTypes.PUBCOMP if pubcomp else PacketTypes.PUBACK
-            self.hooks.failed(msg, Nacked(_reason(kind, code, packet), code=code))
+            self.hooks.failed(msg, Nacked(reason_text(kind, code, packet), code=code))
         else:
             self.hooks.settled(msg, mid)
 
@@ -933,7 +656,9 @@ class MqttLink(Link):
         if code >= 0x80:
             msg = self._out.pop(mid, None)
             if msg is not None:
-                self.hooks.failed(msg, Nacked(_reason(PacketTypes.PUBREC, code, packet), code=code))
+                self.hooks.failed(
+                    msg, Nacked(reason_text(PacketTypes.PUBREC, code, packet), code=code)
+                )
             return False
         self.session.pubrec.add(mid)
         return True
@@ -965,14 +690,14 @@ class MqttLink(Link):
         # Session-wide, so that an identifier a resumed session still carries from an earlier
         # link never names a different subscription now.
         sub_id = self.session.next_sub_id = self.session.next_sub_id % 268_435_455 + 1
-        group = _Group(topic_filter, sub_id, self._loop)
+        group = Group(topic_filter, sub_id, self._loop)
         group.consumers.append(consumer)
         # Registered before SUBSCRIBE goes out: retained messages follow the SUBACK at once.
         self._groups[topic_filter] = group
         self._groups_by_id[sub_id] = group
         props = None
         if self.v5:
-            props = _properties(PacketTypes.SUBSCRIBE)
+            props = properties(PacketTypes.SUBSCRIBE)
             props.SubscriptionIdentifier = sub_id
         try:
             codes = await self._request(client.subscribe(topic_filter, qos, properties=props))
@@ -990,7 +715,7 @@ class MqttLink(Link):
         self._adopt_orphans(group)
         return consumer
 
-    def _drop_group(self, group: _Group) -> None:
+    def _drop_group(self, group: Group) -> None:
         if self._groups.get(group.filter) is group:
             del self._groups[group.filter]
         self._groups_by_id.pop(group.sub_id, None)
@@ -1022,7 +747,7 @@ class MqttLink(Link):
         if unsubscribe and client is not None and self.hooks.alive and not self.closing:
             await self._request(client.unsubscribe(consumer.filter))
 
-    def release(self, inbound: _Inbound) -> None:
+    def release(self, inbound: Inbound) -> None:
         """One subscription is done with a QoS 1 message; the last one sends the PUBACK."""
         inbound.remaining -= 1
         if inbound.remaining == 0 and self.hooks.alive:
@@ -1077,39 +802,6 @@ class MqttLink(Link):
 
 
 _MQTT311 = dataclasses.replace(MqttLink.capabilities, headers=False, ttl=False, correlation=False)
-
-
-def _delivery_fields(
-    props: Any,
-) -> tuple[dict[str, Any], str | None, str | None, str | None, str | None]:
-    """headers, content type, message id, correlation id, reply-to from MQTT 5 properties."""
-    if props is None:
-        return {}, None, None, None, None
-    headers: dict[str, Any] = {}
-    message_id = None
-    user = getattr(props, "UserProperty", None)
-    if user:
-        for key, value in user:
-            if key == MESSAGE_ID_PROPERTY and message_id is None:
-                message_id = value
-            else:
-                headers[key] = value
-    correlation = getattr(props, "CorrelationData", None)
-    correlation_id = None
-    if correlation is not None:
-        correlation_id = bytes(correlation).decode("utf-8", "replace")
-    return (
-        headers,
-        getattr(props, "ContentType", None),
-        message_id,
-        correlation_id,
-        getattr(props, "ResponseTopic", None),
-    )
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _connack_error(code: int, reason: str, v5: bool) -> Exception:

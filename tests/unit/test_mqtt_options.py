@@ -12,7 +12,8 @@ import aiobus
 from aiobus.mqtt import Will
 from aiobus.publishing import Outgoing
 from aiobus.settings import MqttOptions
-from aiobus.transports.mqtt import MqttLink, _publish_properties
+from aiobus.transports.mqtt import MqttLink
+from aiobus.transports.mqtt_session import publish_properties
 from aiobus.transports.mqtt_wire import _Pipe
 from aiobus.url import parse
 
@@ -109,7 +110,7 @@ def test_publish_properties_decode_with_paho() -> None:
         ttl=2.5,
         message_id="m-1",
     )
-    packed = _publish_properties(msg).pack()
+    packed = publish_properties(msg).pack()
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     props.unpack(packed)  # type: ignore[no-untyped-call]
     assert props.ContentType == "application/json"

@@ -1,0 +1,151 @@
+"""The receiving side of the MQTT link: consumers, shared filters, QoS 1 acknowledgement."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..message import Delivery
+from ..topics import TopicMatcher
+from .base import Consumer, DeliverySink, LinkHooks, SubscriptionSpec
+from .mqtt_session import persistent, retrieve
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import MQTTMessage
+
+    from .mqtt import MqttLink
+
+
+class Inbound:
+    """One QoS 1 PUBLISH handed to one or more subscriptions: PUBACK when all have acked."""
+
+    __slots__ = ("mid", "remaining")
+
+    def __init__(self, mid: int, remaining: int) -> None:
+        self.mid = mid
+        self.remaining = remaining
+
+
+class MqttConsumer(Consumer):
+    protocol: ClassVar[str] = "mqtt"
+    can_nack: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        hooks: LinkHooks,
+        link: MqttLink,
+        spec: SubscriptionSpec,
+        sink: DeliverySink,
+        topic_filter: str,
+        qos: int,
+    ) -> None:
+        super().__init__(hooks)
+        self.link = link
+        self.sink = sink
+        self.filter = topic_filter
+        self.qos = qos
+        self.no_ack = spec.no_ack
+        self.unacked: dict[int, Inbound] = {}
+        self.returns_on_loss = persistent(link.opts)
+        sink.on_space(link.resume_if_room)
+
+    def deliver(
+        self,
+        msg: MQTTMessage,
+        topic: str,
+        inbound: Inbound | None,
+        props: tuple[dict[str, Any], str | None, str | None, str | None, str | None],
+        now: datetime,
+    ) -> None:
+        headers, content_type, message_id, correlation_id, reply_to = props
+        qos = msg.qos
+        settled = self.no_ack
+        if inbound is not None:
+            if self.no_ack:
+                self.link.release(inbound)
+            else:
+                self.unacked[msg.mid] = inbound
+        self.sink.push(
+            Delivery(
+                self,
+                topic,
+                bytes(msg.payload),
+                tag=msg.mid,
+                headers=headers,
+                content_type=content_type,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                reply_to=reply_to,
+                timestamp=now,
+                redelivered=msg.dup,
+                qos=qos,
+                retain=msg.retain,
+                settled=settled,
+                returns_on_loss=qos == 1 and self.returns_on_loss and not settled,
+                raw=msg,
+            )
+        )
+
+    async def ack(self, delivery: Delivery) -> None:
+        # QoS 0: nothing to send. QoS 2: PUBCOMP went when the message was handed over.
+        inbound = self.unacked.pop(delivery.tag, None)
+        if inbound is not None:
+            self.link.release(inbound)
+
+    async def nack(self, delivery: Delivery, requeue: bool) -> None:  # pragma: no cover
+        raise AssertionError("MQTT has no nack; Delivery.nack raises NotSupported first")
+
+    async def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        link = self.link
+        # MQTT cannot give a message back: unacked ones are acknowledged so that the broker's
+        # in-flight window for this client is not held by a subscription that is gone.
+        for inbound in self.unacked.values():
+            link.release(inbound)
+        self.unacked.clear()
+        await link.detach(self, unsubscribe=not connection_closing(self.sink))
+
+
+def connection_closing(sink: DeliverySink) -> bool:
+    """True when the consumer is cancelled because the whole connection closes (the core
+    cancels every consumer first; a subscription leaving its ``async with`` is unregistered
+    before its consumer is cancelled). Then no UNSUBSCRIBE: a persistent session keeps its
+    subscriptions for the next connection with the same client id, which is the point of it,
+    and a clean session ends with the DISCONNECT anyway."""
+    connection = getattr(sink, "_connection", None)
+    subs = getattr(connection, "_subs", None)
+    return subs is not None and sink in subs
+
+
+class Group:
+    """One broker subscription (one filter) and the consumers that share it."""
+
+    __slots__ = ("consumers", "filter", "matcher", "next", "ready", "shared", "sub_id")
+
+    def __init__(self, topic_filter: str, sub_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.filter = topic_filter
+        self.sub_id = sub_id
+        self.shared = topic_filter.startswith("$share/")
+        self.matcher = TopicMatcher(topic_filter, "mqtt")
+        self.consumers: list[MqttConsumer] = []
+        self.next = 0
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.ready.add_done_callback(retrieve)
+
+    def targets(self) -> list[MqttConsumer]:
+        consumers = self.consumers
+        if not self.shared or len(consumers) <= 1:
+            return consumers
+        # Shared: one consumer per message, round robin, skipping full buffers if it can.
+        count = len(consumers)
+        for step in range(count):
+            consumer = consumers[(self.next + step) % count]
+            if consumer.sink.room > 0:
+                self.next = (self.next + step + 1) % count
+                return [consumer]
+        consumer = consumers[self.next % count]
+        self.next = (self.next + 1) % count
+        return [consumer]
