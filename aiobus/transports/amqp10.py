@@ -25,6 +25,7 @@ from ..errors import (
     AuthenticationError,
     ConfigError,
     LinkDown,
+    LinkLost,
     MessageTooLarge,
     Nacked,
     PermanentConnectError,
@@ -512,6 +513,13 @@ class Amqp10Link(Link, asyncio.Protocol):
         if not self._opened.done():
             self._opened.set_exception(exc)
             self._opened.exception()  # open() re-raises it if it still waits; else not news
+        # Messages still waiting here for credit never left this process: where the outage
+        # policy is "fail", say exactly that (the core would count them as maybe delivered).
+        for state in self._states.values():
+            if isinstance(state, SenderState) and state.queue:
+                for msg in state.queue:
+                    if msg.outage == "fail":
+                        self.hooks.failed(msg, LinkLost(maybe_delivered=False))
         self.hooks.lost(exc)
         for state in list(self._states.values()):
             if isinstance(state, ReceiverState):

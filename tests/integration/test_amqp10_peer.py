@@ -219,3 +219,18 @@ async def test_close_returns_promptly_when_the_peer_is_silent() -> None:
             started = time.monotonic()
         assert time.monotonic() - started < 4
         assert not other_tasks()
+
+
+async def test_messages_never_sent_for_want_of_credit_fail_as_never_delivered() -> None:
+    async with ScriptedPeer(Script(credit=0)) as peer:
+        async with aiobus.amqp1.connect(peer.url, outage="fail", **FAST) as bus:
+            futures = [bus.publish("/queues/q", b"x", timeout=30) for _ in range(3)]
+            await asyncio.sleep(0)  # one loop turn: the pump hands them to the link
+            link = bus._link
+            assert link is not None and len(link._anon.queue) == 3  # type: ignore[attr-defined]
+            peer.drop_connections()
+            for fut in futures:
+                with pytest.raises(aiobus.LinkLost) as info:
+                    await fut
+                assert not info.value.maybe_delivered
+            assert peer.messages == []
