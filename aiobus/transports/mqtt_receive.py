@@ -27,6 +27,34 @@ class Inbound:
         self.remaining = remaining
 
 
+class _NoAckNeeded(Consumer):
+    """The settler of QoS 0 and QoS 2 deliveries: there is nothing to send (QoS 2 was completed
+    with PUBCOMP when it was handed over), so ``ack()`` is a no-op that stays valid after the
+    link died, instead of raising ``StaleDelivery`` for a message that needs no settlement."""
+
+    protocol: ClassVar[str] = "mqtt"
+    can_nack: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    async def ack(self, delivery: Delivery) -> None:
+        pass
+
+    async def nack(self, delivery: Delivery, requeue: bool) -> None:  # pragma: no cover
+        raise AssertionError("MQTT has no nack; Delivery.nack raises NotSupported first")
+
+    async def cancel(self) -> None:
+        pass
+
+
+NO_ACK_NEEDED = _NoAckNeeded()
+
+
 class MqttConsumer(Consumer):
     protocol: ClassVar[str] = "mqtt"
     can_nack: ClassVar[bool] = False
@@ -68,7 +96,7 @@ class MqttConsumer(Consumer):
                 self.unacked[msg.mid] = inbound
         self.sink.push(
             Delivery(
-                self,
+                self if qos == 1 else NO_ACK_NEEDED,
                 topic,
                 bytes(msg.payload),
                 tag=msg.mid,

@@ -777,3 +777,23 @@ async def test_tls_client_certificate_required(tmp_path: Any) -> None:
         assert asyncio.get_running_loop().time() - started < 2, "retried a permanent error"
     finally:
         broker.close()
+
+
+async def test_qos0_and_qos2_acks_stay_no_ops_across_a_reconnect(mosquitto: Any) -> None:
+    topic = f"{uniq()}/noop"
+    async with aiobus.connect(mosquitto.url, protocol=5, **FAST) as bus:
+        async with bus.subscribe(topic, qos=2) as sub:
+            await bus.publish(topic, b"zero", qos=0)
+            await bus.publish(topic, b"two", qos=2)
+            await bus.publish(topic, b"one", qos=1)
+            got = {}
+            for _ in range(3):
+                msg = await sub.get(timeout=5)
+                got[msg.body] = msg
+            await through_outage(bus, lambda: link_of(bus)._pipe.transport.abort(), timeout=10)
+            await got[b"zero"].ack()  # nothing to send: fine after the link died
+            await got[b"two"].ack()
+            with pytest.raises(aiobus.StaleDelivery):  # a QoS 1 PUBACK cannot be sent any more
+                await got[b"one"].ack()
+            with pytest.raises(aiobus.NotSupported):
+                await got[b"two"].nack()
