@@ -223,8 +223,15 @@ class Amqp10Consumer(Consumer):
         self._tags = itertools.count(1)
 
     def deliver(self, dlv: Any, data: bytes) -> None:
-        fields = codec.decode(data)
         no_ack = self.no_ack
+        if not no_ack and self.sink.room <= 0:
+            # A paused subscription (or a broker sending past our credit): the local buffer
+            # never grows past prefetch; the message goes back uncounted.
+            dlv.update(RELEASED)
+            dlv.settle()
+            self.link.kick()
+            return
+        fields = codec.decode(data)
         if no_ack:
             if not dlv.settled:  # the broker ignored our settle mode: accept it ourselves
                 dlv.update(ACCEPTED)
@@ -259,8 +266,10 @@ class Amqp10Consumer(Consumer):
         dlv.update(outcome)
         dlv.settle()
         state = self.state
-        if state is not None and not self.cancelled:
-            state.receiver.flow(1)  # credit follows settlement: at most prefetch unsettled
+        # Credit follows settlement (at most prefetch unsettled), unless the subscription is
+        # paused: then room reads 0 and the inflow stops.
+        if state is not None and not self.cancelled and self.sink.room > 0:
+            state.receiver.flow(1)
         self.link.kick()
 
     async def ack(self, delivery: Delivery) -> None:
@@ -279,7 +288,7 @@ class Amqp10Consumer(Consumer):
     def _space(self) -> None:
         """no_ack: the broker's deliveries are pre-settled, so credit follows the buffer."""
         state = self.state
-        if state is not None and not self.cancelled and self._hooks.alive:
+        if state is not None and not self.cancelled and self._hooks.alive and self.sink.room > 0:
             state.receiver.flow(1)
             self.link.kick()
 

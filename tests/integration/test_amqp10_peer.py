@@ -234,3 +234,21 @@ async def test_messages_never_sent_for_want_of_credit_fail_as_never_delivered() 
                     await fut
                 assert not info.value.maybe_delivered
             assert peer.messages == []
+
+
+async def test_paused_subscription_takes_no_more_credit() -> None:
+    to_send = [Message(body=b, inferred=True) for b in (b"a", b"b", b"c")]
+    async with ScriptedPeer(Script(to_send=to_send)) as peer:
+        async with (
+            aiobus.amqp1.connect(peer.url, **FAST) as bus,
+            bus.subscribe("/queues/in", prefetch=2) as sub,
+        ):
+            first = await sub.get(timeout=5)
+            sub.pause()
+            await first.ack()  # settled, but paused: no credit goes back
+            second = await sub.get(timeout=5)  # what is buffered stays readable
+            assert (first.body, second.body) == (b"a", b"b")
+            await second.ack()
+            with pytest.raises(TimeoutError):
+                await sub.get(timeout=0.3)
+            assert [bytes(m.body) for m in peer.script.to_send] == [b"c"]  # still the peer's
