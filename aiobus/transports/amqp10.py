@@ -122,7 +122,6 @@ class Amqp10Link(Link, asyncio.Protocol):
         self._sock_closed: asyncio.Future[None] = self.loop.create_future()
         self._kick_handle: asyncio.Handle | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._tick_when = 0.0
         self._error: BaseException | None = None
         self._closing = False
         self._sasl: Any = None
