@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
+#: The proxy's own tasks carry this name, so leak checks can tell them from the code under test.
+TASK_NAME = "aiobus-faultproxy"
+
 
 @dataclass
 class ProxyStats:
@@ -166,6 +169,9 @@ class FaultProxy:
     # -- forwarding ---------------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            task.set_name(TASK_NAME)
         if self._refusing:
             self.stats.refused += 1
             _reset(writer)
@@ -182,8 +188,8 @@ class FaultProxy:
         pair.upstream = up_writer
         loop = asyncio.get_running_loop()
         pair.tasks = [
-            loop.create_task(self._pump(reader, up_writer, pair, up=True)),
-            loop.create_task(self._pump(up_reader, writer, pair, up=False)),
+            loop.create_task(self._pump(reader, up_writer, pair, up=True), name=TASK_NAME),
+            loop.create_task(self._pump(up_reader, writer, pair, up=False), name=TASK_NAME),
         ]
         await asyncio.gather(*pair.tasks, return_exceptions=True)
         self._pairs.discard(pair)

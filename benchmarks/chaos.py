@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiobus.memory_broker import MemoryBroker
-from tests.faults.conftest import amqp091_target, memory_target
+from tests.faults.conftest import amqp091_target, amqp10_target, memory_target
 from tests.faults.scenarios import (
     ChaosTarget,
     CycleResult,
@@ -58,9 +58,22 @@ async def rabbitmq_amqp091() -> AsyncIterator[Callable[[], Awaitable[ChaosTarget
         await asyncio.to_thread(node.close)
 
 
+@contextlib.asynccontextmanager
+async def rabbitmq_amqp10() -> AsyncIterator[Callable[[], Awaitable[ChaosTarget]]]:
+    from tests.harness.rabbitmq import RabbitMQNode
+
+    node = RabbitMQNode()
+    await asyncio.to_thread(node.start)
+    try:
+        yield lambda: amqp10_target(node)
+    finally:
+        await asyncio.to_thread(node.close)
+
+
 PROTOCOLS: dict[str, Callable[[], Any]] = {
     "memory": memory,
     "amqp091": rabbitmq_amqp091,
+    "amqp10": rabbitmq_amqp10,
 }
 
 

@@ -7,11 +7,17 @@ from collections.abc import AsyncIterator, Callable
 
 import aiobus
 from aiobus.events import Event, State
+from aiobus.faultproxy import TASK_NAME as PROXY_TASK_NAME
 
 
 def other_tasks() -> set[asyncio.Task[object]]:
+    """Live tasks besides this one, leaving out a fault proxy's (it outlives connections)."""
     current = asyncio.current_task()
-    return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+    return {
+        t
+        for t in asyncio.all_tasks()
+        if t is not current and not t.done() and t.get_name() != PROXY_TASK_NAME
+    }
 
 
 async def wait_for_state(events: AsyncIterator[Event], state: State, timeout: float = 5) -> Event:

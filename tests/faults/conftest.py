@@ -37,6 +37,27 @@ async def amqp091_target(node: Any, *, name: str = "rabbitmq-amqp091") -> ChaosT
     )
 
 
+async def amqp10_target(node: Any) -> ChaosTarget:
+    """AMQP 1.0 on RabbitMQ 4: a durable queue declared over 0-9-1, addressed /queues/Q."""
+    queue = f"chaos1-{uuid.uuid4().hex[:8]}"
+    async with await aio_pika.connect(node.amqp_url) as conn:
+        channel = await conn.channel()
+        await channel.declare_queue(queue, durable=True)
+    await asyncio.to_thread(node.sync_metadata)
+
+    async def kill() -> None:
+        await asyncio.to_thread(node.restart, hard=True)
+
+    return ChaosTarget(
+        name="rabbitmq-amqp10",
+        url=node.amqp1_url,
+        publish_topic=f"/queues/{queue}",
+        subscribe={"pattern": f"/queues/{queue}", "prefetch": 200},
+        kill=kill,
+        connect_options={"backoff_initial": 0.05, "backoff_max": 0.5, "heartbeat": 5},
+    )
+
+
 def memory_target() -> tuple[ChaosTarget, MemoryBroker]:
     broker = fresh_memory_broker()
 

@@ -73,6 +73,25 @@ async def amqp091(request: pytest.FixtureRequest) -> NetTarget:
     )
 
 
+async def amqp10(request: pytest.FixtureRequest) -> NetTarget:
+    """AMQP 1.0 on RabbitMQ 4: a durable queue (declared over 0-9-1) addressed as /queues/Q."""
+    node = request.getfixturevalue("rabbitmq")
+    queue = f"net1-{uuid.uuid4().hex[:8]}"
+    async with await aio_pika.connect(node.amqp_url) as conn:
+        channel = await conn.channel()
+        await channel.declare_queue(queue, durable=True)
+    user, set_password = await rabbitmq_user(node)
+    return NetTarget(
+        name="rabbitmq-amqp10",
+        url=node.amqp1_url,
+        topic=f"/queues/{queue}",
+        subscribe={"pattern": f"/queues/{queue}"},
+        set_password=set_password,
+        user=user,
+    )
+
+
 NET_TARGETS: dict[str, Callable[[pytest.FixtureRequest], Awaitable[NetTarget]]] = {
     "rabbitmq-amqp091": amqp091,
+    "rabbitmq-amqp10": amqp10,
 }

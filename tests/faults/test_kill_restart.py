@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.faults.conftest import amqp091_target
+from tests.faults.conftest import amqp091_target, amqp10_target
 from tests.faults.scenarios import ChaosTarget, CycleResult, kill_restart_cycle
 from tests.helpers import other_tasks
 
@@ -28,6 +28,13 @@ async def test_memory_link_killed_mid_stream(memory_chaos: ChaosTarget) -> None:
 
 async def test_rabbitmq_amqp091_killed_and_restarted_mid_stream(rabbitmq: Any) -> None:
     target = await amqp091_target(rabbitmq)
+    result = await kill_restart_cycle(target, messages=600, kill_after=200)
+    check(result, 600)
+    assert not other_tasks()
+
+
+async def test_rabbitmq_amqp10_killed_and_restarted_mid_stream(rabbitmq: Any) -> None:
+    target = await amqp10_target(rabbitmq)
     result = await kill_restart_cycle(target, messages=600, kill_after=200)
     check(result, 600)
     assert not other_tasks()
