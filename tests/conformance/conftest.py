@@ -41,6 +41,9 @@ class Target:
     topic_prefix: str = ""
     """Put before every topic: where a protocol publishes to addresses (AMQP 1.0:
     ``/exchanges/amq.topic/``), ``topic()`` gives the whole address."""
+    can_share: bool = True
+    """Competing consumers on one named queue (``queue=``); where False, subscribing with
+    ``queue=`` must fail with a typed error."""
     subscriber: Callable[..., AbstractAsyncContextManager[Any]] | None = None
     """``subscriber(bus, pattern, **options)`` for a protocol whose subscriptions need more
     than ``bus.subscribe`` (AMQP 1.0 consumes from a queue the test declares and binds)."""
