@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiobus.memory_broker import MemoryBroker
-from tests.faults.conftest import amqp091_target, amqp10_target, memory_target
+from tests.faults.conftest import amqp091_target, amqp10_target, memory_target, mqtt_target
 from tests.faults.scenarios import (
     ChaosTarget,
     CycleResult,
@@ -70,22 +70,45 @@ async def rabbitmq_amqp10() -> AsyncIterator[Callable[[], Awaitable[ChaosTarget]
         await asyncio.to_thread(node.close)
 
 
+@contextlib.asynccontextmanager
+async def rabbitmq_mqtt() -> AsyncIterator[Callable[[], Awaitable[ChaosTarget]]]:
+    from tests.harness.rabbitmq import RabbitMQNode
+
+    node = RabbitMQNode()
+    await asyncio.to_thread(node.start)
+
+    async def make() -> ChaosTarget:
+        return mqtt_target("rabbitmq-mqtt5", node.mqtt_url, lambda: node.restart(hard=True))
+
+    try:
+        yield make
+    finally:
+        await asyncio.to_thread(node.close)
+
+
+@contextlib.asynccontextmanager
+async def mosquitto_mqtt() -> AsyncIterator[Callable[[], Awaitable[ChaosTarget]]]:
+    from tests.harness.mosquitto import MosquittoBroker
+
+    broker = MosquittoBroker()
+    await asyncio.to_thread(broker.start)
+
+    async def make() -> ChaosTarget:
+        return mqtt_target("mosquitto-mqtt5", broker.url, lambda: broker.restart(hard=True))
+
+    try:
+        yield make
+    finally:
+        await asyncio.to_thread(broker.close)
+
+
 PROTOCOLS: dict[str, Callable[[], Any]] = {
     "memory": memory,
     "amqp091": rabbitmq_amqp091,
     "amqp10": rabbitmq_amqp10,
+    "mqtt-rabbitmq": rabbitmq_mqtt,
+    "mqtt-mosquitto": mosquitto_mqtt,
 }
-
-
-def register(name: str, maker: Callable[[], Any]) -> None:
-    """Transports add their targets here (MQTT, AMQP 1.0)."""
-    PROTOCOLS[name] = maker
-
-
-def _load_optional_targets() -> None:
-    for module in ("benchmarks.chaos_mqtt", "benchmarks.chaos_amqp10"):
-        with contextlib.suppress(ModuleNotFoundError):
-            __import__(module)
 
 
 async def soak(protocols: list[str], cycles: int, messages: int) -> list[dict[str, Any]]:
@@ -112,7 +135,6 @@ async def soak(protocols: list[str], cycles: int, messages: int) -> list[dict[st
 def main(argv: list[str] | None = None) -> int:
     # Every kill makes the drivers log refused connects; the table is what matters here.
     logging.basicConfig(level=logging.CRITICAL)
-    _load_optional_targets()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos")
     parser.add_argument("--protocol", default="all", help=f"one of {', '.join(PROTOCOLS)} or 'all'")
     parser.add_argument("--cycles", type=int, default=20)

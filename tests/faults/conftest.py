@@ -58,6 +58,35 @@ async def amqp10_target(node: Any) -> ChaosTarget:
     )
 
 
+def mqtt_target(name: str, url: str, kill_broker: Any, protocol: int = 5) -> ChaosTarget:
+    """QoS 1 on a persistent session (fixed client id, clean_session=False / session expiry),
+    so the broker keeps the subscription and its queued messages across a restart."""
+    topic = f"chaos/{uuid.uuid4().hex[:8]}"
+
+    async def kill() -> None:
+        await asyncio.to_thread(kill_broker)
+
+    persistent: dict[str, Any] = (
+        {"session_expiry": 3600} if protocol == 5 else {"clean_session": False}
+    )
+    return ChaosTarget(
+        name=name,
+        url=url,
+        publish_topic=topic,
+        publish_options={"qos": 1},
+        subscribe={"pattern": topic, "qos": 1, "prefetch": 200},
+        kill=kill,
+        connect_options={
+            "protocol": protocol,
+            "client_id": f"chaos-{uuid.uuid4().hex[:8]}",
+            "backoff_initial": 0.05,
+            "backoff_max": 0.5,
+            "heartbeat": 5,
+            **persistent,
+        },
+    )
+
+
 def memory_target() -> tuple[ChaosTarget, MemoryBroker]:
     broker = fresh_memory_broker()
 

@@ -91,7 +91,30 @@ async def amqp10(request: pytest.FixtureRequest) -> NetTarget:
     )
 
 
+def _mqtt_net(
+    name: str, fixture: str, url_attr: str, users: bool
+) -> Callable[[pytest.FixtureRequest], Awaitable[NetTarget]]:
+    async def make(request: pytest.FixtureRequest) -> NetTarget:
+        broker = request.getfixturevalue(fixture)
+        topic = f"net/{uuid.uuid4().hex[:8]}"
+        user, set_password = await rabbitmq_user(broker) if users else (None, None)
+        return NetTarget(
+            name=name,
+            url=getattr(broker, url_attr),
+            topic=topic,
+            subscribe={"pattern": topic, "qos": 1},
+            publish_options={"qos": 1},
+            connect_options={"protocol": 5},
+            set_password=set_password,
+            user=user,
+        )
+
+    return make
+
+
 NET_TARGETS: dict[str, Callable[[pytest.FixtureRequest], Awaitable[NetTarget]]] = {
+    "rabbitmq-mqtt5": _mqtt_net("rabbitmq-mqtt5", "rabbitmq", "mqtt_url", users=True),
+    "mosquitto-mqtt5": _mqtt_net("mosquitto-mqtt5", "mosquitto", "url", users=False),
     "rabbitmq-amqp091": amqp091,
     "rabbitmq-amqp10": amqp10,
 }

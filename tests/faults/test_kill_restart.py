@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.faults.conftest import amqp091_target, amqp10_target
+from tests.faults.conftest import amqp091_target, amqp10_target, mqtt_target
 from tests.faults.scenarios import ChaosTarget, CycleResult, kill_restart_cycle
 from tests.helpers import other_tasks
 
@@ -35,6 +35,20 @@ async def test_rabbitmq_amqp091_killed_and_restarted_mid_stream(rabbitmq: Any) -
 
 async def test_rabbitmq_amqp10_killed_and_restarted_mid_stream(rabbitmq: Any) -> None:
     target = await amqp10_target(rabbitmq)
+    result = await kill_restart_cycle(target, messages=600, kill_after=200)
+    check(result, 600)
+    assert not other_tasks()
+
+
+async def test_rabbitmq_mqtt_killed_and_restarted_mid_stream(rabbitmq: Any) -> None:
+    target = mqtt_target("rabbitmq-mqtt5", rabbitmq.mqtt_url, lambda: rabbitmq.restart(hard=True))
+    result = await kill_restart_cycle(target, messages=600, kill_after=200)
+    check(result, 600)
+    assert not other_tasks()
+
+
+async def test_mosquitto_killed_and_restarted_mid_stream(mosquitto: Any) -> None:
+    target = mqtt_target("mosquitto-mqtt5", mosquitto.url, lambda: mosquitto.restart(hard=True))
     result = await kill_restart_cycle(target, messages=600, kill_after=200)
     check(result, 600)
     assert not other_tasks()

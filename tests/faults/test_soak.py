@@ -3,12 +3,11 @@ The full table (20 cycles) comes from ``python -m benchmarks.chaos --cycles 20``
 
 from __future__ import annotations
 
-from benchmarks.chaos import PROTOCOLS, _load_optional_targets, soak
+from benchmarks.chaos import PROTOCOLS, soak
 from tests.faults.scenarios import format_table
 
 
 async def test_short_soak_every_protocol_loses_nothing() -> None:
-    _load_optional_targets()
     rows = await soak(list(PROTOCOLS), cycles=3, messages=300)
     print("\n" + format_table(rows))
     for row in rows:
