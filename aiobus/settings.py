@@ -11,7 +11,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 from .errors import ConfigError
 
@@ -111,20 +111,21 @@ class MqttOptions(CommonOptions):
         if self.session_expiry < 0 or self.session_expiry > 0xFFFFFFFF:
             raise ConfigError(f"session_expiry must be 0-4294967295, got {self.session_expiry!r}")
         if self.session_expiry and self.protocol != 5:
-            raise ConfigError("session_expiry is an MQTT 5 option (protocol=5); on MQTT 3.1.1 "
-                              "use clean_session=False")
+            raise ConfigError(
+                "session_expiry is an MQTT 5 option (protocol=5); on MQTT 3.1.1 "
+                "use clean_session=False"
+            )
         if self.receive_maximum is not None:
             if self.protocol != 5:
                 raise ConfigError("receive_maximum is an MQTT 5 option (protocol=5)")
             if not 1 <= self.receive_maximum <= 65535:
-                raise ConfigError(
-                    f"receive_maximum must be 1-65535, got {self.receive_maximum!r}"
-                )
+                raise ConfigError(f"receive_maximum must be 1-65535, got {self.receive_maximum!r}")
         if self.client_id is not None and len(self.client_id.encode()) > 65535:
             raise ConfigError("client_id is longer than 65,535 bytes")
         if self.heartbeat > 65535:
-            raise ConfigError(f"heartbeat (MQTT keep-alive) must be <= 65535 s, got "
-                              f"{self.heartbeat!r}")
+            raise ConfigError(
+                f"heartbeat (MQTT keep-alive) must be <= 65535 s, got {self.heartbeat!r}"
+            )
         _positive(self, "max_message_size")
         if self.will is not None:
             from .mqtt import Will  # here, not at the top: aiobus.mqtt imports the core
@@ -183,6 +184,16 @@ OPTIONS_BY_PROTOCOL: dict[str, type[CommonOptions]] = {
     "mqtt": MqttOptions,
     "amqp10": Amqp1Options,
 }
+
+
+OptionsT = TypeVar("OptionsT", bound=CommonOptions)
+
+
+def options_as(options: CommonOptions, cls: type[OptionsT]) -> OptionsT:
+    """An adapter's own option set, typed (URL parsing picked it by the scheme)."""
+    if not isinstance(options, cls):
+        raise TypeError(f"expected {cls.__name__}, got {type(options).__name__}")
+    return options
 
 
 def _positive(opts: object, *names: str) -> None:

@@ -40,7 +40,7 @@ from ..errors import (
     Unroutable,
 )
 from ..message import Delivery
-from ..settings import AmqpOptions
+from ..settings import AmqpOptions, options_as
 from ..tls import client_context
 from ..topics import validate_binding_pattern, validate_routing_key
 from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
@@ -53,13 +53,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aiobus.amqp")
 
-_TLS_CONTEXTS: dict[int, ssl.SSLContext] = {}
-
 
 def _options(settings: Settings) -> AmqpOptions:
-    opts = settings.options
-    assert isinstance(opts, AmqpOptions)
-    return opts
+    return options_as(settings.options, AmqpOptions)
 
 
 class TopologyMismatch(ConfigError):
@@ -300,12 +296,7 @@ class Amqp091Link(Link):
     async def open(self) -> None:
         opts = self.opts
         settings = self.settings
-        context = None
-        if settings.tls:
-            key = id(settings)
-            context = _TLS_CONTEXTS.get(key)
-            if context is None:
-                context = _TLS_CONTEXTS[key] = client_context(opts)
+        context = client_context(opts) if settings.tls else None
         creds = self.credentials
         assert self.endpoint is not None
         try:

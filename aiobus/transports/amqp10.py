@@ -33,7 +33,8 @@ from ..errors import (
     SubscriptionError,
     TransientConnectError,
 )
-from ..settings import Amqp1Options
+from ..settings import Amqp1Options, options_as
+from ..tls import client_context
 from . import amqp10_codec as codec
 from .amqp10_address import validate_address
 from .amqp10_links import (
@@ -66,9 +67,7 @@ _RABBITMQ_V2 = ("/queues/", "/exchanges/")
 
 
 def _options(settings: Settings) -> Amqp1Options:
-    opts = settings.options
-    assert isinstance(opts, Amqp1Options)
-    return opts
+    return options_as(settings.options, Amqp1Options)
 
 
 # --- the link -----------------------------------------------------------------------------
@@ -183,19 +182,6 @@ class Amqp10Link(Link, asyncio.Protocol):
 
     # -- opening -------------------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        opts = self.opts
-        try:
-            ctx = ssl.create_default_context(cafile=opts.ca_file)
-            if opts.certfile:
-                ctx.load_cert_chain(opts.certfile, opts.keyfile)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load TLS files: {exc}") from exc
-        if not opts.verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     async def open(self) -> None:
         opts = self.opts
         endpoint = self.endpoint
@@ -227,7 +213,7 @@ class Amqp10Link(Link, asyncio.Protocol):
             transport.idle_timeout = opts.heartbeat
         transport.bind(conn)
         conn.open()
-        ssl_ctx = self._ssl_context() if self.settings.tls else None
+        ssl_ctx = client_context(self.opts) if self.settings.tls else None
         server_hostname = None
         if ssl_ctx is not None:
             server_hostname = opts.server_hostname or endpoint.host

@@ -20,7 +20,7 @@ from ..errors import (
 )
 from ..memory_broker import MemoryBroker, MemoryQueue, Stored
 from ..message import Delivery
-from ..settings import MemoryOptions
+from ..settings import MemoryOptions, options_as
 from ..topics import (
     validate_binding_pattern,
     validate_mqtt_filter,
@@ -37,9 +37,7 @@ _private_names = itertools.count(1)
 
 
 def _options(settings: Settings) -> MemoryOptions:
-    opts = settings.options
-    assert isinstance(opts, MemoryOptions)
-    return opts
+    return options_as(settings.options, MemoryOptions)
 
 
 class MemoryConsumer(Consumer):

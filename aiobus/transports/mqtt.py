@@ -38,6 +38,7 @@ from ..errors import (
     TransientConnectError,
 )
 from ..mqtt import Will
+from ..tls import client_context
 from ..topics import validate_mqtt_filter, validate_mqtt_topic
 from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
 from .mqtt_receive import Group, Inbound, MqttConsumer
@@ -233,22 +234,12 @@ class MqttLink(Link):
 
     # -- connecting ---------------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        opts = self.opts
-        ctx = ssl.create_default_context(cafile=opts.ca_file)
-        if opts.certfile:
-            ctx.load_cert_chain(opts.certfile, opts.keyfile)
-        if not opts.verify:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     async def open(self) -> None:
         settings = self.settings
         assert self.endpoint is not None, "MQTT needs a host"
         host, port = self.endpoint.host, self.endpoint.port
         loop = self._loop
-        ctx = self._ssl_context() if settings.tls else None
+        ctx = client_context(self.opts) if settings.tls else None
         try:
             transport, pipe = await loop.create_connection(
                 lambda: _Pipe(loop),
