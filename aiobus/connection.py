@@ -140,7 +140,7 @@ class Connection:
                 )
             )
         for sub in list(self._subs):
-            await self._cancel_consumer(sub)
+            await self._cancel_consumer(sub, connection_closing=True)
             sub._close(connection_closed=True)
         self._subs.clear()
         supervisor = self._supervisor
@@ -584,13 +584,15 @@ class Connection:
         await self._cancel_consumer(sub)
         sub._close(connection_closed=False)
 
-    async def _cancel_consumer(self, sub: Subscription) -> None:
+    async def _cancel_consumer(
+        self, sub: Subscription, *, connection_closing: bool = False
+    ) -> None:
         consumer = sub.consumer
         if consumer is None or not consumer.alive:
             return
         try:
             async with asyncio.timeout(self.options.close_timeout):
-                await consumer.cancel()
+                await consumer.cancel(connection_closing=connection_closing)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

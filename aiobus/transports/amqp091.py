@@ -207,7 +207,7 @@ class Amqp091Consumer(Consumer):
         else:
             await self.raw.basic_reject(delivery.tag, requeue=False, wait=False)
 
-    async def cancel(self) -> None:
+    async def cancel(self, *, connection_closing: bool = False) -> None:
         if self.cancelled:
             return
         self.cancelled = True

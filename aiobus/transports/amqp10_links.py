@@ -292,7 +292,7 @@ class Amqp10Consumer(Consumer):
             state.receiver.flow(1)
             self.link.kick()
 
-    async def cancel(self) -> None:
+    async def cancel(self, *, connection_closing: bool = False) -> None:
         if self.cancelled:
             return
         self.cancelled = True

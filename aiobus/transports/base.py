@@ -126,8 +126,12 @@ class Consumer(ABC):
     async def nack(self, delivery: Delivery, requeue: bool) -> None: ...
 
     @abstractmethod
-    async def cancel(self) -> None:
-        """Stop consuming; unsettled deliveries go back to the broker."""
+    async def cancel(self, *, connection_closing: bool = False) -> None:
+        """Stop consuming; unsettled deliveries go back to the broker.
+
+        ``connection_closing`` is True when the whole connection is closing (not just this
+        subscription leaving its ``async with``): MQTT then keeps a persistent session's
+        subscriptions instead of unsubscribing."""
 
 
 class Link(ABC):

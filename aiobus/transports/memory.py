@@ -109,7 +109,7 @@ class MemoryConsumer(Consumer):
             self.queue.broker.dead_lettered.append((stored, "rejected"))
         self.queue.dispatch()
 
-    async def cancel(self) -> None:
+    async def cancel(self, *, connection_closing: bool = False) -> None:
         self.detach()
 
     def detach(self) -> None:

@@ -48,7 +48,7 @@ class _NoAckNeeded(Consumer):
     async def nack(self, delivery: Delivery, requeue: bool) -> None:  # pragma: no cover
         raise AssertionError("MQTT has no nack; Delivery.nack raises NotSupported first")
 
-    async def cancel(self) -> None:
+    async def cancel(self, *, connection_closing: bool = False) -> None:
         pass
 
 
@@ -124,7 +124,7 @@ class MqttConsumer(Consumer):
     async def nack(self, delivery: Delivery, requeue: bool) -> None:  # pragma: no cover
         raise AssertionError("MQTT has no nack; Delivery.nack raises NotSupported first")
 
-    async def cancel(self) -> None:
+    async def cancel(self, *, connection_closing: bool = False) -> None:
         if self.cancelled:
             return
         self.cancelled = True
@@ -134,18 +134,9 @@ class MqttConsumer(Consumer):
         for inbound in self.unacked.values():
             link.release(inbound)
         self.unacked.clear()
-        await link.detach(self, unsubscribe=not connection_closing(self.sink))
-
-
-def connection_closing(sink: DeliverySink) -> bool:
-    """True when the consumer is cancelled because the whole connection closes (the core
-    cancels every consumer first; a subscription leaving its ``async with`` is unregistered
-    before its consumer is cancelled). Then no UNSUBSCRIBE: a persistent session keeps its
-    subscriptions for the next connection with the same client id, which is the point of it,
-    and a clean session ends with the DISCONNECT anyway."""
-    connection = getattr(sink, "_connection", None)
-    subs = getattr(connection, "_subs", None)
-    return subs is not None and sink in subs
+        # A persistent session keeps its subscriptions for the next connection with the same
+        # client id (the point of it); a clean session ends with the DISCONNECT anyway.
+        await link.detach(self, unsubscribe=not connection_closing)
 
 
 class Group:

@@ -74,10 +74,10 @@ class Mqtt311Link(MemoryLink):
         consumer.can_nack = False  # type: ignore[misc]  # MQTT has no negative acknowledgement
         cancel = consumer.cancel
 
-        async def cancel_like_mqtt() -> None:
+        async def cancel_like_mqtt(*, connection_closing: bool = False) -> None:
             # MQTT acknowledges what a consumer holds when it goes: nothing goes back.
             consumer.unacked.clear()
-            await cancel()
+            await cancel(connection_closing=connection_closing)
 
         consumer.cancel = cancel_like_mqtt  # type: ignore[method-assign]
         return consumer
