@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -108,3 +110,69 @@ def signal_and_wait(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         return proc.wait(timeout=30)
+
+
+class ManagedBroker:
+    """What every private broker shares: it owns its child process and directory, and can be
+    killed, stopped, restarted on the same ports and data, and closed. Subclasses set ``dir``,
+    implement ``start()`` and may add clean-up after the process is gone."""
+
+    dir: Path
+    stop_timeout = 15.0
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._closed = False
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the broker and reap it: an abrupt crash, no clean shutdown."""
+        with self._lock:
+            if self._proc is not None:
+                signal_and_wait(self._proc, signal.SIGKILL, 10)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM: a clean stop; SIGKILL if it takes longer than ``timeout``."""
+        with self._lock:
+            if self._proc is not None:
+                signal_and_wait(self._proc, signal.SIGTERM, timeout or self.stop_timeout)
+
+    def restart(self, *, hard: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL if ``hard``) and start again on the same ports and data."""
+        with self._lock:
+            if hard:
+                self.kill()
+            else:
+                self.stop()
+            self.start()
+
+    def ensure_running(self) -> bool:
+        """Start the broker if it is down (e.g. a test killed it); True if it had to."""
+        with self._lock:
+            if self.running or self._closed:
+                return False
+            self.start()
+            return True
+
+    def close(self) -> None:
+        """Stop the broker and remove its directory. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._proc is not None:
+                    signal_and_wait(self._proc, signal.SIGTERM, self.stop_timeout)
+            finally:
+                self._after_close()
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _after_close(self) -> None:
+        """Clean-up once the process is gone (e.g. RabbitMQ's epmd)."""

@@ -16,7 +16,6 @@ import signal
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -76,7 +75,7 @@ def sweep_stale(base: Path | None = None) -> list[Path]:
     return removed
 
 
-class MosquittoBroker:
+class MosquittoBroker(_process.ManagedBroker):
     """A private ``mosquitto -c conf``; see the module docstring."""
 
     controllable = True
@@ -99,9 +98,7 @@ class MosquittoBroker:
         self.binary: str = found
         sweep_stale()
         self.boot_timeout = boot_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
-        self._closed = False
+        super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
         _process.write_owner(self.dir)
         self.port, self.ws_port, self.tls_port = free_ports(3)
@@ -161,10 +158,6 @@ class MosquittoBroker:
     # --- lifecycle ---------------------------------------------------------------------
 
     @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
     def pid(self) -> int | None:
         return self._proc.pid if self.running and self._proc else None
 
@@ -205,47 +198,10 @@ class MosquittoBroker:
                 ) from exc
             self.boot_seconds.append(time.monotonic() - t0)
 
-    def kill(self) -> None:
-        """SIGKILL the broker and reap it (no final database save)."""
-        with self._lock:
-            if self._proc is not None:
-                _process.signal_and_wait(self._proc, signal.SIGKILL, 10)
+    stop_timeout = 15.0
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM: clean stop (saves the database); SIGKILL after ``timeout``."""
-        with self._lock:
-            if self._proc is not None:
-                _process.signal_and_wait(self._proc, signal.SIGTERM, timeout)
-
-    def restart(self, *, hard: bool = False) -> None:
-        """Stop (SIGTERM, or SIGKILL if ``hard``) and start again on the same ports and data."""
-        with self._lock:
-            if hard:
-                self.kill()
-            else:
-                self.stop()
-            self.start()
-
-    def ensure_running(self) -> bool:
-        """Start the broker if it is down (e.g. a test killed it); True if it had to."""
-        with self._lock:
-            if self.running or self._closed:
-                return False
-            self.start()
-            return True
-
-    def close(self) -> None:
-        """Stop the broker and remove its directory. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            try:
-                if self._proc is not None:
-                    _process.signal_and_wait(self._proc, signal.SIGTERM, 10)
-            finally:
-                shutil.rmtree(self.dir, ignore_errors=True)
-                _live.discard(self)
+    def _after_close(self) -> None:
+        _live.discard(self)
 
     def __enter__(self) -> MosquittoBroker:
         self.start()

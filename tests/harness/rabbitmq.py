@@ -110,7 +110,7 @@ def _epmd_kill(root: Path, port: int, timeout: float = 10.0) -> None:
         time.sleep(0.1)  # retry interval
 
 
-class RabbitMQNode:
+class RabbitMQNode(_process.ManagedBroker):
     """A private RabbitMQ 4 node; see the module docstring."""
 
     controllable = True
@@ -132,10 +132,8 @@ class RabbitMQNode:
         sweep_stale(self.root)
         self.boot_timeout = boot_timeout
         self._extra_config = list(extra_config)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
+        super().__init__()
         self._ctl_lock = threading.Lock()  # the CLI has one dist port per node: one call at a time
-        self._closed = False
         (self.root / "tmp").mkdir(exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix=NODE_DIR_PREFIX, dir=self.root / "tmp"))
         self.dir.chmod(0o755)
@@ -223,10 +221,6 @@ class RabbitMQNode:
     # --- lifecycle ---------------------------------------------------------------------
 
     @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
     def pid(self) -> int | None:
         return self._proc.pid if self.running and self._proc else None
 
@@ -275,48 +269,11 @@ class RabbitMQNode:
     def _node_log(self) -> Path:
         return self.dir / "log" / f"{NODENAME}.log"
 
-    def kill(self) -> None:
-        """SIGKILL the broker (beam.smp) and reap it: an abrupt crash, no clean shutdown."""
-        with self._lock:
-            if self._proc is not None:
-                _process.signal_and_wait(self._proc, signal.SIGKILL, 10)
+    stop_timeout = 30.0
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM: a clean shutdown (about 1 s); SIGKILL if it takes over ``timeout``."""
-        with self._lock:
-            if self._proc is not None:
-                _process.signal_and_wait(self._proc, signal.SIGTERM, timeout)
-
-    def restart(self, *, hard: bool = False) -> None:
-        """Stop (SIGTERM, or SIGKILL if ``hard``) and start on the same ports and data."""
-        with self._lock:
-            if hard:
-                self.kill()
-            else:
-                self.stop()
-            self.start()
-
-    def ensure_running(self) -> bool:
-        """Start the node if it is down (e.g. a test killed it); True if it had to."""
-        with self._lock:
-            if self.running or self._closed:
-                return False
-            self.start()
-            return True
-
-    def close(self) -> None:
-        """Stop the node, kill its epmd and remove its directory. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            try:
-                if self._proc is not None:
-                    _process.signal_and_wait(self._proc, signal.SIGTERM, 15)
-            finally:
-                _epmd_kill(self.root, self.epmd_port)
-                shutil.rmtree(self.dir, ignore_errors=True)
-                _live.discard(self)
+    def _after_close(self) -> None:
+        _epmd_kill(self.root, self.epmd_port)
+        _live.discard(self)
 
     def __enter__(self) -> RabbitMQNode:
         self.start()
