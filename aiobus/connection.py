@@ -85,6 +85,9 @@ class Connection:
         self._id_prefix = secrets.token_hex(8) + "-"
         self._id_counter = 0
         self._closing = False
+        self._reattaching: set[asyncio.Task[None]] = set()
+        #: Subscriptions re-attached on the current link after the broker ended their consumer.
+        self._reattached: set[int] = set()
 
     def __repr__(self) -> str:
         return f"<Connection {self.settings.redacted_url()} {self._state.value}>"
@@ -139,6 +142,10 @@ class Connection:
                     f"connection closed before message {m.message_id} was settled"
                 )
             )
+        for task in list(self._reattaching):
+            task.cancel()
+        if self._reattaching:
+            await asyncio.gather(*self._reattaching, return_exceptions=True)
         for sub in list(self._subs):
             await self._cancel_consumer(sub, connection_closing=True)
             sub._close(connection_closed=True)
@@ -283,6 +290,7 @@ class Connection:
                 failures = 0
                 up_since = loop.time()
                 self._link = link
+                self._reattached.clear()
                 pump = loop.create_task(self._pump(link), name="aiobus pump")
                 self._set_state(State.CONNECTED, endpoint=where)
                 if not first.done():
@@ -335,7 +343,7 @@ class Connection:
             budget = max(0.001, min(budget, first_deadline - loop.time()))
         self._generation += 1
         assert self._outbox is not None
-        hooks = LinkHooks(self._outbox, self._generation, loop)
+        hooks = LinkHooks(self._outbox, self._generation, loop, self._consumer_lost)
         link: Link | None = None
         try:
             async with asyncio.timeout(budget):
@@ -368,9 +376,7 @@ class Connection:
             except AiobusError as exc:
                 if isinstance(exc, (ConnectError, LinkDown)) or not link.hooks.alive:
                     raise
-                sub._fail(exc)
-                log.error("aiobus: subscription %r could not be re-attached: %s", sub.pattern, exc)
-                self._emit(Event("subscription_failed", self._state, reason=str(exc), error=exc))
+                self._subscription_failed(sub, exc)
 
     async def _pump(self, link: Link) -> None:
         outbox = self._outbox
@@ -577,6 +583,51 @@ class Connection:
         else:
             with contextlib.suppress(Exception):
                 await consumer.cancel()
+
+    def _consumer_lost(self, sink: Any, error: BaseException) -> None:
+        sub = sink if isinstance(sink, Subscription) else None
+        if sub is None or sub not in self._subs or self._closing:
+            return
+        sub.consumer = None
+        if id(sub) in self._reattached:
+            # Ended again on the same link: re-attaching would only loop.
+            self._subscription_failed(sub, error)
+            return
+        self._reattached.add(id(sub))
+        task = asyncio.get_running_loop().create_task(
+            self._reattach(sub, error), name=f"aiobus re-attach {sub.pattern}"
+        )
+        self._reattaching.add(task)
+        task.add_done_callback(self._reattaching.discard)
+
+    async def _reattach(self, sub: Subscription, error: BaseException) -> None:
+        link = self._live_link()
+        if link is None:
+            return  # the next link's restore attaches it
+        log.warning(
+            "aiobus: the broker ended the consumer of %r (%s); re-attaching",
+            sub.pattern,
+            describe(error),
+        )
+        try:
+            consumer = await link.attach(sub.spec, sub)
+        except Exception as exc:
+            if link.hooks.alive:
+                self._subscription_failed(sub, exc)
+            return
+        if link is self._link and link.hooks.alive and sub in self._subs:
+            sub.consumer = consumer
+            self._emit(
+                Event("subscription_reattached", self._state, reason=describe(error), error=error)
+            )
+        else:
+            with contextlib.suppress(Exception):
+                await consumer.cancel()
+
+    def _subscription_failed(self, sub: Subscription, error: BaseException) -> None:
+        sub._fail(error)
+        log.error("aiobus: subscription %r is not receiving: %s", sub.pattern, describe(error))
+        self._emit(Event("subscription_failed", self._state, reason=describe(error), error=error))
 
     async def _remove_subscription(self, sub: Subscription) -> None:
         if sub in self._subs:

@@ -23,7 +23,10 @@ class Event:
 
     ``kind`` is ``"state"`` for a state change (``state`` says which), ``"attempt_failed"`` for
     a connect attempt that failed (``error``, ``attempt``, and the ``delay`` before the next),
-    ``"subscription_failed"`` for a subscription that could not be re-attached.
+    ``"link_lost"`` when a live link dies (``error`` says why, ``delay`` is the wait before the
+    next attempt), ``"subscription_reattached"`` when the broker ended one consumer and it was
+    attached again, ``"subscription_failed"`` for a subscription that could not be
+    (re-)attached and is not receiving (its iteration raises the error too).
     """
 
     kind: str

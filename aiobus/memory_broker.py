@@ -270,6 +270,8 @@ class MemoryBroker:
                 del self._exact[topic]
         dropped = len(queue.messages)
         queue.messages.clear()
+        for consumer in list(queue.consumers):
+            consumer.ended_by_broker(f"queue {queue.name!r} was deleted")
         return dropped
 
     # -- routing ---------------------------------------------------------------------------

@@ -456,14 +456,13 @@ class Amqp10Link(Link, asyncio.Protocol):
                 consumer.closed.set_result(None)
             if not consumer.cancelled:
                 consumer.cancelled = True
-                fail = getattr(consumer.sink, "_fail", None)
-                if fail is not None:
-                    fail(
-                        SubscriptionError(
-                            f"the broker detached the consumer of {consumer.address!r}: {reason}"
-                            + (f" ({code})" if code else "")
-                        )
-                    )
+                self.hooks.consumer_lost(
+                    consumer.sink,
+                    SubscriptionError(
+                        f"the broker detached the consumer of {consumer.address!r}: {reason}"
+                        + (f" ({code})" if code else "")
+                    ),
+                )
         elif isinstance(state, SenderState):
             if state is self._anon:
                 self._die(LinkDown(f"the broker ended the sender: {reason} ({code})"))

@@ -78,11 +78,18 @@ class LinkHooks:
     """The core's ears for one link. After the link is lost every call is ignored, so a dead
     link's late outcomes can never settle a message that was re-sent on a newer link."""
 
-    __slots__ = ("_lost", "_outbox", "alive", "generation")
+    __slots__ = ("_consumer_lost", "_lost", "_outbox", "alive", "generation")
 
-    def __init__(self, outbox: Outbox, generation: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        generation: int,
+        loop: asyncio.AbstractEventLoop,
+        on_consumer_lost: Callable[[DeliverySink, BaseException], None] | None = None,
+    ) -> None:
         self._outbox = outbox
         self._lost: asyncio.Future[BaseException] = loop.create_future()
+        self._consumer_lost = on_consumer_lost
         self.alive = True
         self.generation = generation
 
@@ -103,6 +110,12 @@ class LinkHooks:
 
     async def wait_lost(self) -> BaseException:
         return await asyncio.shield(self._lost)
+
+    def consumer_lost(self, sink: DeliverySink, exc: BaseException) -> None:
+        """The broker ended one consumer (queue deleted, link detached) while the link lives:
+        the core re-attaches that subscription once, or fails it loudly."""
+        if self.alive and self._consumer_lost is not None:
+            self._consumer_lost(sink, exc)
 
 
 class Consumer(ABC):

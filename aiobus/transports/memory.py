@@ -15,6 +15,7 @@ from ..errors import (
     LinkDown,
     MessageTooLarge,
     Nacked,
+    SubscriptionError,
     TransientConnectError,
     Unroutable,
 )
@@ -111,6 +112,13 @@ class MemoryConsumer(Consumer):
 
     async def cancel(self, *, connection_closing: bool = False) -> None:
         self.detach()
+
+    def ended_by_broker(self, reason: str) -> None:
+        """The broker took the queue away: tell the core, which re-attaches or fails loudly."""
+        if self.cancelled:
+            return
+        self.detach()
+        self._hooks.consumer_lost(self.sink, SubscriptionError(f"memory broker: {reason}"))
 
     def detach(self) -> None:
         """Stop consuming; whatever was not acked goes back to the queue (redelivered)."""

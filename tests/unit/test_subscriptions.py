@@ -186,3 +186,35 @@ async def test_iteration_ends_with_connection_closed_when_the_connection_closes(
         await sub.__aenter__()
     with pytest.raises(aiobus.ConnectionClosed):
         await sub.get(timeout=1)
+
+
+async def test_a_consumer_the_broker_ends_is_reattached_and_reported(
+    memory_broker: MemoryBroker,
+) -> None:
+    async with aiobus.connect(memory_broker.url()) as bus:
+        async with bus.subscribe("k", queue="q") as sub, bus.events() as events:
+            memory_broker.delete_queue(memory_broker.queues["q"])
+            async with asyncio.timeout(5):
+                event = await anext(e async for e in events if e.kind.startswith("subscription"))
+            assert event.kind == "subscription_reattached"
+            assert "queue 'q' was deleted" in event.reason
+            assert sub.live and "q" in memory_broker.queues  # declared again on re-attach
+            await bus.publish("k", b"after")
+            assert (await sub.get(timeout=5)).body == b"after"
+
+
+async def test_a_consumer_ended_again_on_the_same_link_fails_loudly(
+    memory_broker: MemoryBroker,
+) -> None:
+    async with aiobus.connect(memory_broker.url()) as bus:
+        async with bus.subscribe("k", queue="q") as sub, bus.events() as events:
+            memory_broker.delete_queue(memory_broker.queues["q"])
+            async with asyncio.timeout(5):
+                await anext(e async for e in events if e.kind == "subscription_reattached")
+            memory_broker.delete_queue(memory_broker.queues["q"])
+            async with asyncio.timeout(5):
+                failed = await anext(e async for e in events if e.kind == "subscription_failed")
+            assert "was deleted" in failed.reason
+            with pytest.raises(aiobus.SubscriptionError, match="was deleted"):
+                await sub.get(timeout=5)
+            assert bus.is_connected  # the rest of the connection is untouched
