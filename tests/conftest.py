@@ -6,7 +6,24 @@ import os
 
 import pytest
 
+from aiobus import Delivery
+
 pytest_plugins = ["tests.harness.fixtures", "aiobus.testing"]
+
+
+@pytest.fixture
+def acks(monkeypatch: pytest.MonkeyPatch) -> list[Delivery]:
+    """Every delivery acked, in order (to prove "acked once")."""
+    seen: list[Delivery] = []
+    original = Delivery.ack
+
+    async def ack(self: Delivery) -> None:
+        seen.append(self)
+        await original(self)
+
+    monkeypatch.setattr(Delivery, "ack", ack)
+    return seen
+
 
 _skipped: list[str] = []
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiobus
 from aiobus.events import Event, State
 from aiobus.faultproxy import TASK_NAME as PROXY_TASK_NAME
+
+
+def unique(prefix: str = "t") -> str:
+    """A name no other test (or earlier run against the same broker) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def other_tasks() -> set[asyncio.Task[object]]:
@@ -36,3 +43,14 @@ async def through_outage(
         fault()
         await wait_for_state(events, State.RECONNECTING, timeout)
         await wait_for_state(events, State.CONNECTED, timeout)
+
+
+class Attempts(aiobus.Middleware):
+    """Records the attempt number of every handler call (service tests)."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    async def on_handle(self, ctx: aiobus.HandleContext, call_next: Any) -> Any:
+        self.seen.append(ctx.attempt)
+        return await call_next(ctx)

@@ -16,7 +16,7 @@ import pytest
 import aiobus
 from aiobus import DeadLetter, Delivery, Requeue, Retry, Service
 from tests.conformance.conftest import Target
-from tests.helpers import other_tasks
+from tests.helpers import Attempts, other_tasks
 
 
 def service_tasks() -> set[asyncio.Task[object]]:
@@ -28,28 +28,6 @@ def service_tasks() -> set[asyncio.Task[object]]:
         if code is not None and "aiobus/service/" in code.co_filename.replace("\\", "/"):
             found.add(task)
     return found
-
-
-@pytest.fixture
-def acks(monkeypatch: pytest.MonkeyPatch) -> list[Delivery]:
-    seen: list[Delivery] = []
-    original = Delivery.ack
-
-    async def ack(self: Delivery) -> None:
-        seen.append(self)
-        await original(self)
-
-    monkeypatch.setattr(Delivery, "ack", ack)
-    return seen
-
-
-class Attempts(aiobus.Middleware):
-    def __init__(self) -> None:
-        self.seen: list[int] = []
-
-    async def on_handle(self, ctx: aiobus.HandleContext, call_next: Any) -> Any:
-        self.seen.append(ctx.attempt)
-        return await call_next(ctx)
 
 
 def service(target: Target, bus: aiobus.Connection, **options: Any) -> Service:

@@ -7,10 +7,15 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.harness.tls import TLSFiles
 
 OWNER_FILE = "aiobus-owner.json"
 
@@ -118,6 +123,8 @@ class ManagedBroker:
     implement ``start()`` and may add clean-up after the process is gone."""
 
     dir: Path
+    tls_files: TLSFiles
+    """The test CA and certificates, as host paths (what clients use)."""
     stop_timeout = 15.0
 
     def __init__(self) -> None:
@@ -176,3 +183,19 @@ class ManagedBroker:
 
     def _after_close(self) -> None:
         """Clean-up once the process is gone (e.g. RabbitMQ's epmd)."""
+
+    @property
+    def ca_file(self) -> str:
+        return str(self.tls_files.ca_file)
+
+    @property
+    def client_cert(self) -> str:
+        return str(self.tls_files.client_cert)
+
+    @property
+    def client_key(self) -> str:
+        return str(self.tls_files.client_key)
+
+    def ssl_context(self, *, with_client_cert: bool = False) -> ssl.SSLContext:
+        """A client SSL context trusting the test CA."""
+        return self.tls_files.client_context(with_client_cert=with_client_cert)

@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import tempfile
 import time
@@ -240,22 +239,6 @@ class MosquittoBroker(_process.ManagedBroker):
     @property
     def tls_url(self) -> str:
         return f"mqtts://{LOOPBACK}:{self.tls_port}"
-
-    @property
-    def ca_file(self) -> str:
-        return str(self.tls_files.ca_file)
-
-    @property
-    def client_cert(self) -> str:
-        return str(self.tls_files.client_cert)
-
-    @property
-    def client_key(self) -> str:
-        return str(self.tls_files.client_key)
-
-    def ssl_context(self, *, with_client_cert: bool = False) -> ssl.SSLContext:
-        """A client SSL context trusting the test CA."""
-        return self.tls_files.client_context(with_client_cert=with_client_cert)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -16,7 +16,6 @@ import contextlib
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -151,8 +150,8 @@ class RabbitMQNode(_process.ManagedBroker):
             self.dist_port,
             self.ctl_dist_port,
         ) = free_ports(8)
-        self.tls_host = tls or session_tls()  # host paths, for clients
-        self.tls_chroot = self.tls_host.copy_to(self.dir / "tls")  # node reads these
+        self.tls_files = tls or session_tls()  # host paths, for clients
+        self.tls_chroot = self.tls_files.copy_to(self.dir / "tls")  # node reads these
         self._write_config()
         self.log_file = self.dir / "log" / "console.log"
         self.boot_seconds: list[float] = []
@@ -361,22 +360,6 @@ class RabbitMQNode(_process.ManagedBroker):
     @property
     def mqtt_ws_url(self) -> str:
         return f"mqtt+ws://guest:guest@{LOOPBACK}:{self.ws_port}/ws"
-
-    @property
-    def ca_file(self) -> str:
-        return str(self.tls_host.ca_file)
-
-    @property
-    def client_cert(self) -> str:
-        return str(self.tls_host.client_cert)
-
-    @property
-    def client_key(self) -> str:
-        return str(self.tls_host.client_key)
-
-    def ssl_context(self, *, with_client_cert: bool = False) -> ssl.SSLContext:
-        """A client SSL context trusting the test CA."""
-        return self.tls_host.client_context(with_client_cert=with_client_cert)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import aio_pika
@@ -12,11 +11,7 @@ import pytest
 import aiobus
 from aiobus.amqp import Binding, Exchange, Queue
 from aiobus.transports.amqp091 import TopologyMismatch
-from tests.helpers import other_tasks, through_outage, wait_for_state
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+from tests.helpers import other_tasks, through_outage, unique, wait_for_state
 
 
 async def queue_depth(url: str, queue: str) -> int:
@@ -359,9 +354,12 @@ async def test_the_public_basic_publish_path_keeps_the_same_outcomes(
 
     monkeypatch.setattr(Amqp091Link, "fast_publish", False)
     q = unique("slow")
-    async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[
-        Queue(q, max_length=1, overflow="reject-publish"),
-    ]) as bus:
+    async with aiobus.amqp.connect(
+        rabbitmq.amqp_url,
+        topology=[
+            Queue(q, max_length=1, overflow="reject-publish"),
+        ],
+    ) as bus:
         await bus.publish(q, b"1", exchange="")
         with pytest.raises(aiobus.Nacked):
             await bus.publish(q, b"2", exchange="")

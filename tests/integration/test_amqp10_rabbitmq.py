@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import aio_pika
@@ -13,15 +12,11 @@ import aiobus
 import aiobus.amqp1
 from aiobus.amqp1 import exchange_address, queue_address
 from aiobus.events import State
-from tests.helpers import other_tasks, through_outage
+from tests.helpers import other_tasks, through_outage, unique
 
 pytestmark = pytest.mark.rabbitmq
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.2, "connect_timeout": 15, "close_timeout": 3}
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 async def declare(rabbitmq: Any, name: str, *, bind: str | None = None, **arguments: Any) -> str:

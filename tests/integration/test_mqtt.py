@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +13,14 @@ import pytest
 import aiobus
 from aiobus.events import State
 from aiobus.mqtt import Will
-from aiobus.transports.mqtt import HOLD_LIMIT, MqttLink
+from aiobus.transports.mqtt import HOLD_LIMIT
 from tests.helpers import other_tasks, through_outage, wait_for_state
+from tests.helpers import unique as uniq
+from tests.integration.mqtt_support import link_of
 
 pytestmark = pytest.mark.mosquitto
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.3}
-
-
-def uniq(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def link_of(bus: aiobus.Connection) -> MqttLink:
-    link = bus._link
-    assert isinstance(link, MqttLink)
-    return link
 
 
 class _Watch:
@@ -375,9 +366,23 @@ async def test_full_buffer_holds_without_dropping_or_deadlocking(
         async with bus.subscribe(topic, prefetch=5, qos=1) as sub, bus.events() as events:
             # Publishing from the same connection completes although nobody reads.
             await asyncio.gather(*(bus.publish(topic, str(i)) for i in range(200)))
-            # Not reading for three keep-alive intervals does not kill the link.
-            await asyncio.sleep(3)
-            assert bus.state is State.CONNECTED
+            # Not reading does not kill the link: keep-alive round trips go on meanwhile.
+            client = link_of(bus)._client
+            assert client is not None
+            send_ping = client._send_pingreq
+            pings = 0
+            three_pings = asyncio.Event()
+
+            def count_ping() -> Any:
+                nonlocal pings
+                pings += 1
+                if pings == 3:
+                    three_pings.set()
+                return send_ping()
+
+            client._send_pingreq = count_ping  # type: ignore[method-assign]
+            await asyncio.wait_for(three_pings.wait(), 10)
+            assert bus.state is State.CONNECTED and sub.room == 0
             got = []
             for _ in range(200):
                 msg = await sub.get(timeout=5)

@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import pytest
 
 import aiobus
-from aiobus.transports.mqtt import MqttLink
 from tests.helpers import through_outage
+from tests.helpers import unique as uniq
+from tests.integration.mqtt_support import link_of
 
 pytestmark = pytest.mark.rabbitmq
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.5}
-
-
-def uniq(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def link_of(bus: aiobus.Connection) -> MqttLink:
-    link = bus._link
-    assert isinstance(link, MqttLink)
-    return link
 
 
 @pytest.fixture(params=[4, 5], ids=["mqtt311", "mqtt5"])

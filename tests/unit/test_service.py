@@ -13,21 +13,7 @@ import pytest
 import aiobus
 from aiobus import DeadLetter, Delivery, Requeue, Retry, Service
 from aiobus.memory_broker import MemoryBroker, MemoryQueue
-from tests.helpers import other_tasks, through_outage
-
-
-@pytest.fixture
-def acks(monkeypatch: pytest.MonkeyPatch) -> list[Delivery]:
-    """Every delivery acked, in order (to prove "acked once")."""
-    seen: list[Delivery] = []
-    original = Delivery.ack
-
-    async def ack(self: Delivery) -> None:
-        seen.append(self)
-        await original(self)
-
-    monkeypatch.setattr(Delivery, "ack", ack)
-    return seen
+from tests.helpers import Attempts, other_tasks, through_outage
 
 
 @pytest.fixture
@@ -85,15 +71,10 @@ async def test_fails_twice_then_succeeds_with_delayed_retry(
     bus: aiobus.Connection, memory_broker: MemoryBroker, acks: list[Delivery]
 ) -> None:
     svc = Service(bus)
-    attempts: list[int] = []
     done = asyncio.Event()
-
-    class Attempts(aiobus.Middleware):
-        async def on_handle(self, ctx: aiobus.HandleContext, call_next: Any) -> Any:
-            attempts.append(ctx.attempt)
-            return await call_next(ctx)
-
-    svc.use(Attempts())
+    recorder = Attempts()
+    attempts = recorder.seen
+    svc.use(recorder)
 
     @svc.subscriber("jobs", queue="work", on_error=Retry(max_attempts=3, delay=0.01))
     async def job(body: str, msg: Delivery) -> None:

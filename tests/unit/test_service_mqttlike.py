@@ -18,6 +18,7 @@ from aiobus.publishing import Outgoing
 from aiobus.transports.base import Capabilities, Consumer, DeliverySink, SubscriptionSpec
 from aiobus.transports.memory import MemoryLink
 from aiobus.url import Settings, parse
+from tests.helpers import Attempts
 
 
 class _Mqtt311Sink:
@@ -116,15 +117,10 @@ async def test_fails_twice_then_succeeds_by_republishing_never_nacking(
     bus: Connection, memory_broker: MemoryBroker, settled: list[tuple[str, Delivery]]
 ) -> None:
     svc = Service(bus)
-    attempts: list[int] = []
     done = asyncio.Event()
-
-    class Attempts(aiobus.Middleware):
-        async def on_handle(self, ctx: aiobus.HandleContext, call_next: Any) -> Any:
-            attempts.append(ctx.attempt)
-            return await call_next(ctx)
-
-    svc.use(Attempts())
+    recorder = Attempts()
+    attempts = recorder.seen
+    svc.use(recorder)
 
     @svc.subscriber("jobs/new", queue="work", on_error=Requeue(dead_letter=DeadLetter("dead")))
     async def job(body: bytes, msg: Delivery) -> None:
