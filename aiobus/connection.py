@@ -504,7 +504,9 @@ class Connection:
             )
         fut = outbox.add(msg, timeout)
         if outage == "fail" and self._live_link() is None:
-            outbox.fail_queued_no_wait()
+            # No link to wait for: this message fails now (the others were failed when the
+            # link went; scanning the whole queue per publish would be quadratic).
+            outbox.fail_unsent(msg)
         return fut
 
     async def flush(self, timeout: float | None = None) -> None:

@@ -299,9 +299,14 @@ class Outbox:
                 resend.append(msg)
         self.in_flight.clear()
         self.queue.extendleft(reversed(resend))
-        self.fail_queued_no_wait()
+        self._fail_queued_by_policy()
 
-    def fail_queued_no_wait(self) -> None:
+    def fail_unsent(self, msg: Outgoing) -> None:
+        """Fail one message that was never written: its policy does not wait out an outage."""
+        if msg.state == QUEUED:
+            self._fail(msg, LinkLost(maybe_delivered=False))
+
+    def _fail_queued_by_policy(self) -> None:
         """During an outage, messages whose policy is "fail" do not wait for the next link."""
         for msg in self.queue:
             if msg.state == QUEUED and msg.outage == "fail":

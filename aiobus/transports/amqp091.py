@@ -255,6 +255,7 @@ class Amqp091Link(Link):
         self._loop = asyncio.get_running_loop()
         self._consumers: list[Amqp091Consumer] = []
         self._publishing: set[asyncio.Task[None]] = set()
+        self._fast = False
 
     # -- checks at the call -----------------------------------------------------------------
 
@@ -318,6 +319,7 @@ class Amqp091Link(Link):
             )
             self._publish_channel.close_callbacks.add(self._on_publish_channel_closed)
             self._raw_publish = await self._publish_channel.get_underlay_channel()
+            self._fast = self.fast_publish and _has_frame_api(self._raw_publish)
         except asyncio.CancelledError:
             await self.close()
             raise
@@ -364,7 +366,7 @@ class Amqp091Link(Link):
         assert channel is not None
         if channel.is_closed:
             raise LinkDown("the publish channel is closed")
-        fast = self.fast_publish and _has_frame_api(channel)
+        fast = self._fast
         timestamp = datetime.now(UTC)
         loop = self._loop
         for msg in batch:
