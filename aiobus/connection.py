@@ -18,6 +18,7 @@ from typing import Any
 
 from .auth import resolve_credentials
 from .backoff import Backoff
+from .connect_errors import as_connect_error
 from .errors import (
     AiobusError,
     BufferFull,
@@ -25,9 +26,11 @@ from .errors import (
     ConnectError,
     ConnectionClosed,
     ConnectTimeout,
+    InvalidMessage,
     LinkDown,
+    MessageTooLarge,
     NotSupported,
-    PermanentConnectError,
+    PublishError,
     TransientConnectError,
 )
 from .events import Event, EventHub, EventStream, State
@@ -41,26 +44,6 @@ from .url import Endpoint, Settings
 log = logging.getLogger("aiobus")
 
 _OPEN_STATES = (State.CONNECTING, State.CONNECTED, State.RECONNECTING)
-
-
-def as_connect_error(exc: BaseException) -> tuple[bool, BaseException]:
-    """Sort an attempt's failure: (permanent?, the error to report).
-
-    aiobus errors keep their type (a ``TopologyMismatch`` at first connect is raised as
-    itself); unknown errors are not retried, so a bug shows at once instead of as a
-    30-second connect timeout.
-    """
-    if isinstance(exc, ConnectError):
-        return exc.permanent, exc
-    if isinstance(exc, (LinkDown, OSError, TimeoutError, EOFError, asyncio.IncompleteReadError)):
-        err: ConnectError = TransientConnectError(f"{type(exc).__name__}: {exc}")
-        err.__cause__ = exc
-        return False, err
-    if isinstance(exc, AiobusError):
-        return True, exc
-    err = PermanentConnectError(f"unexpected {type(exc).__name__} while connecting: {exc}")
-    err.__cause__ = exc
-    return True, err
 
 
 class Connection:
@@ -383,6 +366,7 @@ class Connection:
         assert outbox is not None
         limit = self.options.max_in_flight
         hooks = link.hooks
+        encodes = link.encodes
         try:
             while True:
                 window = limit if link.max_in_flight is None else min(limit, link.max_in_flight)
@@ -391,11 +375,16 @@ class Connection:
                 if not batch:
                     await outbox.wait_for_work()
                     continue
+                if encodes:
+                    batch = encode_each(link, outbox, batch)
+                    if not batch:
+                        continue
                 await link.publish(batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # A failed write means the link is broken: the supervisor takes it from here.
+            # The wire channel: a failed write means the link is broken, and the supervisor
+            # takes it from here. No message's content can get here (see ``encode_each``).
             hooks.lost(exc)
 
     def _link_lost(self) -> None:
@@ -496,6 +485,11 @@ class Connection:
             outage=outage,
         )
         self._link_cls.check_publish(self.settings, msg)
+        size_limit = outbox.size_limit
+        if size_limit is not None:
+            size = self._link_cls.encoded_size(self.settings, msg)
+            if size > size_limit:
+                raise MessageTooLarge(size, size_limit)
         if content_type is None:
             msg.content_type = implied_type
         if outbox.pending >= outbox.max_buffered:
@@ -650,6 +644,36 @@ class Connection:
             raise
         except Exception as exc:
             log.debug("aiobus: cancelling consumer for %r failed: %r", sub.pattern, exc)
+
+
+def encode_each(link: Link, outbox: Outbox, batch: list[Outgoing]) -> list[Outgoing]:
+    """The per-message channel: encode each message for this link; one that cannot be
+    encoded fails alone (and leaves the window at once) instead of reaching the wire."""
+    encode = link.encode
+    ready: list[Outgoing] = []
+    for msg in batch:
+        try:
+            encode(msg)
+        except LinkDown:
+            raise  # the one wire error an encoder may name (its link is already gone)
+        except Exception as exc:
+            outbox.fail(msg, as_message_error(msg, exc, link.protocol))
+        else:
+            ready.append(msg)
+    return ready
+
+
+def as_message_error(msg: Outgoing, exc: Exception, protocol: str) -> PublishError:
+    """An aiobus publish error keeps its type; a driver's encoding error becomes an
+    ``InvalidMessage`` that names the message and keeps the driver's error as the cause."""
+    if isinstance(exc, PublishError):
+        return exc
+    error = InvalidMessage(
+        f"message {msg.message_id} to {msg.topic!r} cannot be sent over {protocol}: "
+        f"{describe(exc)}"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def describe(exc: BaseException) -> str:

@@ -26,15 +26,6 @@ class NotSupported(AiobusError):
     """The protocol has no way to do what was asked (e.g. ``nack`` on MQTT)."""
 
 
-class MessageTooLarge(AiobusError, ValueError):
-    """The encoded message is over the broker's known maximum size."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message of {size} bytes is over the broker's maximum of {limit} bytes")
-        self.size = size
-        self.limit = limit
-
-
 # --- connection life -------------------------------------------------------------------------
 
 
@@ -100,6 +91,25 @@ class Unroutable(PublishError):
         super().__init__(f"message was not routed to any queue: {reason}")
         self.reason = reason
         self.code = code
+
+
+class InvalidMessage(PublishError, ValueError):
+    """This message cannot be sent as it is: the protocol cannot encode one of its fields (a
+    header value, a property over its size limit, a non-ASCII content type) or the broker
+    refused it for what it is. Raised at ``publish()`` where the check can be made there,
+    otherwise through the message's future once the link finds out. It fails alone: the
+    link stays up and the message is never re-sent."""
+
+
+class MessageTooLarge(InvalidMessage):
+    """The encoded message is over the broker's maximum size (``size`` and ``limit`` in
+    bytes). A limit learned from a broker's refusal is checked at ``publish()`` from then on
+    for that connection."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes is over the broker's maximum of {limit} bytes")
+        self.size = size
+        self.limit = limit
 
 
 class PublishTimeout(PublishError, TimeoutError):

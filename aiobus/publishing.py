@@ -3,13 +3,17 @@
 queued -> written (in flight) -> done. One deadline sweep covers every message (a timer per
 message costs more than the rest of the outbox together), call order is kept across reconnects,
 and the in-flight window is enforced here so adapters only write and report outcomes.
+
+Bounded by construction: a message that is done (confirmed, failed, timed out, cancelled)
+leaves every structure at once, in constant time, so the outbox never holds more than
+``max_buffered`` unfinished messages plus the window's written ones (a written message keeps
+its window slot until the broker answers or the link dies, since the broker still counts it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +61,10 @@ class Outgoing:
         "seq",
         "state",
         "tag",
+        "timer",
         "topic",
         "ttl",
+        "wire",
     )
 
     def __init__(
@@ -103,6 +109,12 @@ class Outgoing:
         self.created = 0.0
         self.deadline = 0.0
         self.tag: Any = None
+        #: Its own deadline timer, only when its deadline is earlier than a message published
+        #: before it (a shorter per-publish timeout); every other one shares the sweep.
+        self.timer: asyncio.TimerHandle | None = None
+        #: The adapter's encoded form for the current link (``Link.encode``); rebuilt on
+        #: every send, since it may depend on the link (channel, limits, DUP flag).
+        self.wire: Any = None
         self.future: PublishFuture | None = None
 
     def __repr__(self) -> str:
@@ -118,10 +130,11 @@ class PublishFuture(asyncio.Future[Confirm]):
 
     _message: Outgoing | None
     _outbox: Outbox | None
+    _message_id: str
 
     @property
     def message_id(self) -> str:
-        return self._message.message_id if self._message is not None else ""
+        return self._message_id
 
     def cancel(self, msg: Any | None = None) -> bool:
         if self.done():
@@ -137,45 +150,61 @@ class Outbox:
         self._loop = loop
         self.protocol = protocol
         self.max_buffered = max_buffered
-        self.queue: deque[Outgoing] = deque()
+        #: Unfinished messages waiting to be written, by sequence number in send order (call
+        #: order, with re-sends after a reconnect first). An ordered dict, not a deque, so a
+        #: message that finishes while queued leaves it at once.
+        self.queue: OrderedDict[int, Outgoing] = OrderedDict()
+        #: Written messages, until the broker settles them or the link dies (done or not).
         self.in_flight: dict[int, Outgoing] = {}
         self.pending = 0
         """Messages not yet done: counted against ``max_buffered``."""
         self._seq = 0
         self._waiter: asyncio.Future[None] | None = None
         self._flush_waiters: list[asyncio.Future[None]] = []
-        # Deadlines: in call order they almost always rise (one default timeout), so a deque
-        # holds them; the rare shorter per-publish timeout goes to a heap.
-        self._by_deadline: deque[Outgoing] = deque()
-        self._early: list[tuple[float, int, Outgoing]] = []
+        # Deadlines: in call order they almost always rise (one default timeout), so unfinished
+        # messages whose deadline is not earlier than the last one's wait here in order for one
+        # sweep timer; the rare earlier one gets a timer of its own (``Outgoing.timer``).
+        self._by_deadline: OrderedDict[int, Outgoing] = OrderedDict()
+        self._last_deadline = float("-inf")
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        #: The smallest size limit a broker's refusal stated on this connection.
+        self.size_limit: int | None = None
+
+    def learn_size_limit(self, limit: int) -> None:
+        if self.size_limit is None or limit < self.size_limit:
+            self.size_limit = limit
+
+    def entries(self) -> int:
+        """How many messages the outbox references: at most ``max_buffered`` unfinished plus
+        the window's written ones (the bound tests check this after every operation)."""
+        return len(self.queue.keys() | self.in_flight.keys() | self._by_deadline.keys())
 
     # -- entering -------------------------------------------------------------------------
 
     def add(self, msg: Outgoing, timeout: float) -> PublishFuture:
         loop = self._loop
         self._seq += 1
-        msg.seq = self._seq
+        seq = msg.seq = self._seq
         now = loop.time()
         msg.created = now
         deadline = msg.deadline = now + timeout
         fut = PublishFuture(loop=loop)
         fut._message = msg
         fut._outbox = self
+        fut._message_id = msg.message_id
         msg.future = fut
-        self.queue.append(msg)
+        self.queue[seq] = msg
         self.pending += 1
 
-        by_deadline = self._by_deadline
-        while by_deadline and by_deadline[0].state == DONE:
-            by_deadline.popleft()
-        if not by_deadline or deadline >= by_deadline[-1].deadline:
-            by_deadline.append(msg)
+        if deadline >= self._last_deadline:
+            self._last_deadline = deadline
+            self._by_deadline[seq] = msg
+            # The sweep may be armed for a later deadline of a message that finished since.
+            if self._timer is None or deadline < self._timer_when:
+                self._arm(deadline)
         else:
-            heapq.heappush(self._early, (deadline, msg.seq, msg))
-        if self._timer is None or deadline < self._timer_when:
-            self._arm(deadline)
+            msg.timer = loop.call_at(deadline, self._expire, msg)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -184,17 +213,16 @@ class Outbox:
     # -- the pump's side ------------------------------------------------------------------
 
     def take(self, room: int) -> list[Outgoing]:
-        """Up to ``room`` queued messages, marked written, in call order."""
+        """Up to ``room`` queued messages, marked written, in send order."""
         batch: list[Outgoing] = []
         queue = self.queue
         in_flight = self.in_flight
+        popitem = queue.popitem
         while room > 0 and queue:
-            msg = queue.popleft()
-            if msg.state != QUEUED:
-                continue
+            seq, msg = popitem(last=False)
             msg.state = WRITTEN
             msg.sends += 1
-            in_flight[msg.seq] = msg
+            in_flight[seq] = msg
             batch.append(msg)
             room -= 1
         return batch
@@ -220,15 +248,16 @@ class Outbox:
         self._wake()
         if msg.state == DONE:
             return
-        self.finish(msg)
         fut = msg.future
+        self.finish(msg)
         if fut is not None and not fut.done():
             fut.set_result(
                 Confirm(self.protocol, msg.message_id, broker_id, self._loop.time() - msg.created)
             )
 
     def fail(self, msg: Outgoing, exc: BaseException) -> None:
-        """The broker refused a written message (nack, return, reject)."""
+        """The broker refused a written message (nack, return, reject), or it could not be
+        encoded: it fails alone and leaves the window."""
         if self.in_flight.pop(msg.seq, None) is None:
             return
         self._wake()
@@ -236,20 +265,35 @@ class Outbox:
             self._fail(msg, exc)
 
     def _fail(self, msg: Outgoing, exc: BaseException) -> None:
-        self.finish(msg)
         fut = msg.future
+        self.finish(msg)
         if fut is not None and not fut.done():
             fut.set_exception(exc)
 
     def finish(self, msg: Outgoing) -> None:
-        """Mark done exactly once; a written message keeps its window slot until settled."""
+        """Mark done exactly once and drop it from every structure but the window (a written
+        message keeps its window slot until settled)."""
+        seq = msg.seq
+        if msg.state == QUEUED:
+            self.queue.pop(seq, None)
         msg.state = DONE
+        if self._by_deadline.pop(seq, None) is None and msg.timer is not None:
+            msg.timer.cancel()
+        msg.timer = None
+        fut = msg.future
+        if fut is not None:
+            # The future outlives the message in the caller's hands: let go of the body.
+            msg.future = None
+            fut._message = None
+            fut._outbox = None
         self.pending -= 1
-        if not self.pending and self._flush_waiters:
-            for waiter in self._flush_waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            self._flush_waiters.clear()
+        if not self.pending:
+            self._last_deadline = float("-inf")
+            if self._flush_waiters:
+                for waiter in self._flush_waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self._flush_waiters.clear()
 
     # -- deadlines ------------------------------------------------------------------------
 
@@ -262,27 +306,22 @@ class Outbox:
     def _sweep(self) -> None:
         self._timer = None
         now = self._loop.time()
-        by_deadline, early = self._by_deadline, self._early
-        expired: list[Outgoing] = []
-        while by_deadline and (by_deadline[0].state == DONE or by_deadline[0].deadline <= now):
-            msg = by_deadline.popleft()
-            if msg.state != DONE:
-                expired.append(msg)
-        while early and (early[0][2].state == DONE or early[0][0] <= now):
-            msg = heapq.heappop(early)[2]
-            if msg.state != DONE:
-                expired.append(msg)
-        for msg in expired:
-            what = "waiting to be sent" if msg.state == QUEUED else "waiting for the broker"
-            self._fail(
-                msg, PublishTimeout(f"message {msg.message_id} still {what} at its deadline")
-            )
-        nxt = min(
-            by_deadline[0].deadline if by_deadline else float("inf"),
-            early[0][0] if early else float("inf"),
-        )
-        if nxt != float("inf"):
-            self._arm(nxt)
+        by_deadline = self._by_deadline
+        while by_deadline:
+            msg = next(iter(by_deadline.values()))
+            if msg.deadline > now:
+                self._arm(msg.deadline)
+                return
+            self._time_out(msg)  # leaves ``by_deadline`` through ``finish``
+
+    def _expire(self, msg: Outgoing) -> None:
+        msg.timer = None
+        if msg.state != DONE:
+            self._time_out(msg)
+
+    def _time_out(self, msg: Outgoing) -> None:
+        what = "waiting to be sent" if msg.state == QUEUED else "waiting for the broker"
+        self._fail(msg, PublishTimeout(f"message {msg.message_id} still {what} at its deadline"))
 
     # -- link life ------------------------------------------------------------------------
 
@@ -298,7 +337,10 @@ class Outbox:
                 msg.state = QUEUED
                 resend.append(msg)
         self.in_flight.clear()
-        self.queue.extendleft(reversed(resend))
+        queue = self.queue
+        for msg in reversed(resend):
+            queue[msg.seq] = msg
+            queue.move_to_end(msg.seq, last=False)
         self._fail_queued_by_policy()
 
     def fail_unsent(self, msg: Outgoing) -> None:
@@ -308,18 +350,14 @@ class Outbox:
 
     def _fail_queued_by_policy(self) -> None:
         """During an outage, messages whose policy is "fail" do not wait for the next link."""
-        for msg in self.queue:
-            if msg.state == QUEUED and msg.outage == "fail":
-                self._fail(msg, LinkLost(maybe_delivered=False))
+        for msg in [m for m in self.queue.values() if m.outage == "fail"]:
+            self._fail(msg, LinkLost(maybe_delivered=False))
 
     def fail_all(self, exc_factory: Any) -> None:
-        for msg in list(self.in_flight.values()) + list(self.queue):
+        for msg in [*self.in_flight.values(), *self.queue.values()]:
             if msg.state != DONE:
                 self._fail(msg, exc_factory(msg))
         self.in_flight.clear()
-        self.queue.clear()
-        self._by_deadline.clear()
-        self._early.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -330,4 +368,8 @@ class Outbox:
             return
         waiter = self._loop.create_future()
         self._flush_waiters.append(waiter)
-        await waiter
+        try:
+            await waiter
+        finally:
+            if waiter in self._flush_waiters:
+                self._flush_waiters.remove(waiter)

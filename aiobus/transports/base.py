@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from ..errors import ConfigError, NotSupported
+from ..errors import ConfigError, MessageTooLarge, NotSupported
 
 if TYPE_CHECKING:
     from ..auth import Credentials
@@ -98,8 +98,33 @@ class LinkHooks:
             self._outbox.settle(msg, broker_id)
 
     def failed(self, msg: Outgoing, exc: BaseException) -> None:
+        """The per-message channel: this message fails alone (the broker refused it, or it
+        cannot be sent as it is); the link stays up and the message is never re-sent."""
         if self.alive:
             self._outbox.fail(msg, exc)
+
+    def too_large(self, msg: Outgoing, size: int, limit: int) -> None:
+        """The broker refused by size without naming the message (MQTT DISCONNECT 0x95, an
+        AMQP 0-9-1 channel closed with 406): the adapter found ``msg`` (encoded ``size``
+        bytes) over the ``limit`` the broker states. It fails alone with ``MessageTooLarge``
+        and the limit is checked at ``publish()`` from now on for this connection; the
+        adapter then reports the link lost as usual, so the others in flight are re-sent or
+        failed by their outage policy."""
+        self._outbox.learn_size_limit(limit)
+        if self.alive:
+            self._outbox.fail(msg, MessageTooLarge(size, limit))
+
+    def in_flight(self) -> list[Outgoing]:
+        """The messages taken for this link and not settled yet, oldest first: where a
+        broker refuses by size without naming the message, the adapter looks among these
+        for the one(s) over the limit it states. Empty once the link is lost."""
+        return list(self._outbox.in_flight.values()) if self.alive else []
+
+    @property
+    def size_limit(self) -> int | None:
+        """The smallest size limit a broker's refusal taught this connection, if any:
+        ``Link.encode`` fails a larger message alone instead of writing it."""
+        return self._outbox.size_limit
 
     def lost(self, exc: BaseException) -> None:
         """The link is dead. Safe to call more than once and from any callback."""
@@ -198,9 +223,39 @@ class Link(ABC):
     async def close(self) -> None:
         """Close politely; must return promptly even if the peer is gone."""
 
+    # The adapter seam has two failure channels, kept apart by the core:
+    #
+    # - ``encode(msg)`` is per message. Whatever it raises fails that message alone (the core
+    #   turns a driver's exception into ``InvalidMessage``); it is never written and never
+    #   re-sent. Encoding belongs here, not in ``publish``, so that no driver error about one
+    #   message's content can reach the wire channel.
+    # - ``publish(batch)`` is the wire. Raising (or ``hooks.lost``) means the link is dead:
+    #   the messages in flight are re-sent on the next link or failed by outage policy.
+    #   An outcome the broker gives for one message goes through ``hooks.settled`` or
+    #   ``hooks.failed`` (or ``hooks.too_large``), never through the link.
+
+    #: False where ``encode`` has nothing to do, so the pump skips the call per message.
+    encodes: ClassVar[bool] = True
+
+    @classmethod
+    def encoded_size(cls, settings: Settings, msg: Outgoing) -> int:
+        """The message's size as the broker counts it against its limit, for the check at
+        ``publish()`` once a broker's refusal taught the connection a limit; by default the
+        body's length."""
+        return len(msg.body)
+
+    def encode(self, msg: Outgoing) -> None:
+        """Make ``msg`` ready for this link: check it against this link's limits (the
+        broker's maximum sizes, ``hooks.size_limit``) and store its encoded form in
+        ``msg.wire``. Called for every send (a re-send after a reconnect encodes again).
+        Raise for a message that cannot be sent as it is. By default the body is the
+        encoded form."""
+        msg.wire = msg.body
+
     @abstractmethod
     async def publish(self, batch: Sequence[Outgoing]) -> None:
-        """Write the messages in order; report each outcome through ``hooks`` later."""
+        """Write the encoded messages in order; report each outcome through ``hooks``
+        later. Raising means the wire is dead."""
 
     @abstractmethod
     async def attach(self, spec: SubscriptionSpec, sink: DeliverySink) -> Consumer: ...
