@@ -1,7 +1,13 @@
-"""Credentials: static pairs, callables called before every connect attempt, signed tokens."""
+"""Credentials: static pairs, callables called before every connect attempt, signed tokens.
+
+Every password lives in a ``Secret`` from the moment aiobus sees it (URL, keyword, callable):
+its ``repr`` and ``str`` are ``'***'``, so no settings repr, error text or log line can carry
+it; only the adapter that writes it on the wire calls ``reveal()``.
+"""
 
 from __future__ import annotations
 
+import hmac
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -9,14 +15,65 @@ from typing import Any
 from .errors import ConfigError
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    username: str
-    password: str | None = None
+class Secret:
+    """A string that must reach the wire and nowhere else: ``repr``/``str`` show ``'***'``.
+
+    Equal to a ``Secret`` or a ``str`` with the same value (compared in constant time).
+    """
+
+    __slots__ = ("_value",)
+    _value: str
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise ConfigError(f"a password must be a str, got {type(value).__name__}")
+        object.__setattr__(self, "_value", value)
+
+    def reveal(self) -> str:
+        """The value itself, for the one call that sends it to the broker."""
+        return self._value
 
     def __repr__(self) -> str:
-        shown = "None" if self.password is None else "'***'"
-        return f"Credentials(username={self.username!r}, password={shown})"
+        return "'***'"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Secret cannot be changed")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Secret):
+            other = other._value
+        if not isinstance(other, str):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        return (Secret, (self._value,))
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Credentials:
+    """A user name and an optional password, always held as a ``Secret``."""
+
+    username: str
+    password: Secret | None
+
+    def __init__(self, username: str, password: str | Secret | None = None) -> None:
+        if not isinstance(username, str):
+            raise ConfigError(f"a user name must be a str, got {type(username).__name__}")
+        if password is not None and not isinstance(password, Secret):
+            password = Secret(password)
+        object.__setattr__(self, "username", username)
+        object.__setattr__(self, "password", password)
+
+    def reveal_password(self) -> str | None:
+        """The password itself, for the adapter that sends it (None: no password)."""
+        return None if self.password is None else self.password.reveal()
 
 
 def as_credentials(value: Any) -> Credentials:
@@ -24,8 +81,13 @@ def as_credentials(value: Any) -> Credentials:
         return value
     if isinstance(value, tuple) and len(value) == 2:
         user, password = value
-        if isinstance(user, str) and (password is None or isinstance(password, str)):
+        if isinstance(user, str) and (password is None or isinstance(password, (str, Secret))):
             return Credentials(user, password)
+        # The types only: the values may be the secret itself.
+        kinds = ", ".join(type(v).__name__ for v in value)
+        raise ConfigError(
+            f"credentials must be a (username, password) tuple of str, got a tuple of ({kinds})"
+        )
     raise ConfigError(
         "credentials must be Credentials or a (username, password) tuple of str, "
         f"got {type(value).__name__}"

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, Union
 
+from .auth import Credentials, as_credentials
 from .errors import ConfigError
 
 Outage = Literal["retry", "fail"]
@@ -46,8 +47,10 @@ class CommonOptions:
     certfile: str | None = None
     keyfile: str | None = None
     verify: bool = True
-    credentials: Any = field(default=None, metadata=KW_ONLY)
-    """(user, password), a ``Credentials``, or a sync/async callable returning either."""
+    credentials: Any = field(default=None, repr=False, metadata=KW_ONLY)
+    """(user, password), a ``Credentials``, or a sync/async callable returning either. A pair
+    is held as ``Credentials`` (its password a ``Secret``); left out of ``repr`` whatever it is,
+    since a callable's repr (a ``functools.partial``, say) can show its arguments."""
 
     def __post_init__(self) -> None:
         _positive(self, "timeout", "max_in_flight", "max_buffered", "prefetch")
@@ -60,11 +63,14 @@ class CommonOptions:
         if self.keyfile and not self.certfile:
             raise ConfigError("keyfile given without certfile")
         creds = self.credentials
-        if creds is not None and not callable(creds) and not _is_credential_pair(creds):
-            raise ConfigError(
-                "credentials must be (username, password), a Credentials or a callable "
-                f"returning one, not {type(creds).__name__}"
-            )
+        if creds is not None and not callable(creds):
+            if not isinstance(creds, (tuple, Credentials)):
+                raise ConfigError(
+                    "credentials must be (username, password), a Credentials or a callable "
+                    f"returning one, not {type(creds).__name__}"
+                )
+            # From here on the password is a Secret, whatever prints these options.
+            object.__setattr__(self, "credentials", as_credentials(creds))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,12 +216,6 @@ def _non_negative(opts: object, *names: str) -> None:
             raise ConfigError(f"{name} must be >= 0, got {value!r}")
 
 
-def _is_credential_pair(value: object) -> bool:
-    if hasattr(value, "username") and hasattr(value, "password"):
-        return True
-    return isinstance(value, tuple) and len(value) == 2
-
-
 def build_options(
     cls: type[CommonOptions],
     query: Mapping[str, str],
@@ -243,8 +243,9 @@ def _known(fields: Mapping[str, dataclasses.Field[Any]]) -> str:
     return " (known: " + ", ".join(sorted(fields)) + ")"
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+#: How a URL's query string may spell a bool (any case).
+TRUE_TEXTS = frozenset({"1", "true", "yes", "on"})
+FALSE_TEXTS = frozenset({"0", "false", "no", "off"})
 
 
 def coerce_text(name: str, text: str, hint: Any) -> Any:
@@ -264,9 +265,9 @@ def coerce_text(name: str, text: str, hint: Any) -> Any:
     try:
         if hint is bool:
             low = text.lower()
-            if low in _TRUE:
+            if low in TRUE_TEXTS:
                 return True
-            if low in _FALSE:
+            if low in FALSE_TEXTS:
                 return False
             raise ValueError(text)
         if hint is int:

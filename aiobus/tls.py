@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
 from .settings import CommonOptions
+
+if TYPE_CHECKING:
+    from .url import Settings
+
+log = logging.getLogger("aiobus.tls")
 
 
 def client_context(options: CommonOptions) -> ssl.SSLContext:
@@ -21,3 +28,20 @@ def client_context(options: CommonOptions) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def warn_if_unverified(settings: Settings) -> bool:
+    """Log one WARNING naming the endpoints when this connection's TLS skips verifying the
+    server (``verify=False``, a keyword only: a URL cannot ask for it). Call once per
+    connection, not per attempt, so the warning is seen, not drowned. True if it warned."""
+    if not settings.tls or settings.options.verify:
+        return False
+    endpoints = ", ".join(str(e) for e in settings.endpoints)
+    log.warning(
+        "aiobus %s: TLS certificate verification is OFF (verify=False) for %s: the broker's "
+        "identity is not checked, so anyone on the network path can impersonate it and read "
+        "the traffic (and the password); give ca_file= instead",
+        settings.redacted_url(),
+        endpoints,
+    )
+    return True

@@ -6,15 +6,14 @@ list of URLs for the same broker cluster.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
 from .auth import Credentials
 from .errors import ConfigError
-from .settings import OPTIONS_BY_PROTOCOL, CommonOptions, build_options
+from .settings import OPTIONS_BY_PROTOCOL, TRUE_TEXTS, CommonOptions, build_options
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +85,6 @@ class Settings:
         return f"Settings({self.redacted_url()!r}, options={self.options!r})"
 
 
-_PASSWORD_IN_URL = re.compile(r"(//[^:/@]*:)[^@/]*@")
-
-
-def redact(text: str) -> str:
-    """Hide ``user:password@`` in any text that might carry a URL (errors, logs)."""
-    return _PASSWORD_IN_URL.sub(r"\1***@", text)
-
-
 def parse(urls: str | Sequence[str], **options: Any) -> Settings:
     """Parse one URL or a list of URLs for the same broker into ``Settings``."""
     if isinstance(urls, str):
@@ -122,42 +113,117 @@ def parse(urls: str | Sequence[str], **options: Any) -> Settings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """A URL cut at its delimiters, nothing decoded or checked yet.
+
+    Error messages show ``shown()``, which is rebuilt from these parts and never holds the
+    password, so no message depends on spotting a password in raw text.
+    """
+
+    scheme: str
+    username: str | None = field(repr=False)
+    """Raw (still percent-encoded) user name; None without ``user@``."""
+    has_password: bool
+    password: str = field(repr=False)
+    hosts: str
+    path: str
+    query: str
+    fragment: str
+
+    def shown(self) -> str:
+        user = ""
+        if self.username is not None:
+            user = self.username + (":***" if self.has_password else "") + "@"
+        query = "?" + self.query if self.query else ""
+        fragment = "#" + self.fragment if self.fragment else ""
+        return f"{self.scheme}://{user}{self.hosts}{self.path}{query}{fragment}"
+
+
+class _Unparsable(Exception):
+    """The text cannot be cut into URL parts; ``shown`` is it without any user/password."""
+
+    def __init__(self, shown: str, problem: str) -> None:
+        super().__init__(problem)
+        self.shown = shown
+        self.problem = problem
+
+
+def _split(url: str) -> _Parts:
+    scheme, sep, rest = url.partition("://")
+    if not sep or not _is_scheme(scheme):
+        raise _Unparsable(_without_userinfo(url), f"has no scheme (expected one of {_schemes()})")
+    # RFC 3986: the authority (userinfo@hosts) ends at the first '/', '?' or '#'.
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in tail:
+        # Either the user name or password holds a raw '/', '?' or '#' (so part of it now
+        # looks like a path, query or fragment) or a path or query holds a raw '@'. Which of
+        # the two cannot be told, so nothing before that '@' may be shown.
+        raise _Unparsable(
+            _without_userinfo(url),
+            "has a raw '@' after its host part: percent-encode '@', '/', '?', '#' and ':' in "
+            "the user name and password (urllib.parse.quote(password, safe='')), and write "
+            "'@' elsewhere as %40",
+        )
+    username: str | None = None
+    has_password = False
+    password = ""
+    if "@" in authority:
+        userinfo, _, authority = authority.rpartition("@")
+        username, colon, password = userinfo.partition(":")
+        has_password = bool(colon)
+    tail, _, fragment = tail.partition("#")
+    path, _, query = tail.partition("?")
+    return _Parts(
+        scheme.lower(), username, has_password, password, authority, path, query, fragment
+    )
+
+
+def _is_scheme(text: str) -> bool:
+    """RFC 3986 ``scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )``."""
+    return (
+        text[:1].isascii()
+        and text[:1].isalpha()
+        and all(c.isascii() and (c.isalnum() or c in "+-.") for c in text)
+    )
+
+
+def _without_userinfo(text: str) -> str:
+    """Text that is not a URL one can cut, with everything up to its last '@' dropped."""
+    if "@" not in text:
+        return text
+    scheme, sep, _ = text.partition("://")
+    prefix = scheme + sep if sep and _is_scheme(scheme) else ""
+    return prefix + "***@" + text.rpartition("@")[2]
+
+
 def _parse_one(url: str, kwargs: Mapping[str, Any]) -> Settings:
     if not isinstance(url, str):
         raise ConfigError(f"URL must be a str, got {type(url).__name__}")
-    shown = redact(url)
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ConfigError(f"URL {shown!r} has no scheme (expected one of {_schemes()})")
-    scheme = scheme.lower()
+    try:
+        parts = _split(url)
+    except _Unparsable as exc:
+        raise ConfigError(f"URL {exc.shown!r} {exc.problem}") from None
+    shown = parts.shown()
+    scheme = parts.scheme
     info = SCHEMES.get(scheme)
     if info is None:
         raise ConfigError(
             f"unknown URL scheme {scheme!r} in {shown!r} (expected one of {_schemes()})"
         )
-    rest, _, fragment = rest.partition("#")
-    if fragment:
-        raise ConfigError(f"URL {shown!r} has a fragment '#{fragment}', which means nothing here")
-    rest, _, query_text = rest.partition("?")
-    netloc, slash, path = rest.partition("/")
-    path = slash + path
-
+    if parts.fragment:
+        raise ConfigError(
+            f"URL {shown!r} has a fragment '#{parts.fragment}', which means nothing here"
+        )
+    netloc, path = parts.hosts, parts.path
     creds: Credentials | None = None
-    if "@" in netloc:
-        userinfo, _, netloc = netloc.rpartition("@")
-        user, has_password, password = userinfo.partition(":")
-        creds = Credentials(unquote(user), unquote(password) if has_password else None)
+    if parts.username is not None:
+        password = unquote(parts.password) if parts.has_password else None
+        creds = Credentials(unquote(parts.username), password)
 
-    try:
-        query_pairs = parse_qsl(query_text, keep_blank_values=True, strict_parsing=False)
-    except ValueError as exc:  # pragma: no cover - parse_qsl is lenient unless strict
-        raise ConfigError(f"bad query string in {shown!r}: {exc}") from None
-    query: dict[str, str] = {}
-    for key, value in query_pairs:
-        if key in query:
-            raise ConfigError(f"query parameter {key!r} given twice in {shown!r}")
-        query[key] = value
-
+    query = _query(parts.query, shown)
+    _refuse_verify_off(query, shown)
     where = f"{scheme}:// URLs"
     options = build_options(OPTIONS_BY_PROTOCOL[info.protocol], query, kwargs, where)
 
@@ -178,13 +244,35 @@ def _parse_one(url: str, kwargs: Mapping[str, Any]) -> Settings:
         raise ConfigError(f"{scheme}:// URLs take no path, got {path!r} in {shown!r}")
     else:
         vhost = ""
-    if not info.tls and (options.ca_file or options.certfile):
+    if not info.tls and (options.ca_file or options.certfile or not options.verify):
         raise ConfigError(
-            f"TLS options (ca_file, certfile) given for the plain-text scheme {scheme}://; "
-            f"use {_tls_scheme(scheme)}://"
+            f"TLS options (ca_file, certfile, verify) given for the plain-text scheme "
+            f"{scheme}://; use {_tls_scheme(scheme)}://"
         )
     return Settings(
         scheme, info.protocol, endpoints, creds, vhost, info.tls, info.websocket, options
+    )
+
+
+def _query(text: str, shown: str) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        if key in query:
+            raise ConfigError(f"query parameter {key!r} given twice in {shown!r}")
+        query[key] = value
+    return query
+
+
+def _refuse_verify_off(query: Mapping[str, str], shown: str) -> None:
+    """A URL travels through config files, environment variables and logs, where one stray
+    ``?verify=false`` would turn off server authentication unseen; only code may do that."""
+    value = query.get("verify")
+    if value is None or value.strip().lower() in TRUE_TEXTS:
+        return
+    raise ConfigError(
+        f"verify={value!r} in the URL {shown!r}: turning TLS verification off is a "
+        "keyword-only decision; pass verify=False to connect() (it logs a warning), or better, "
+        "ca_file= with the CA that signed the broker's certificate"
     )
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import aiobus
 from aiobus.settings import AmqpOptions, MqttOptions
-from aiobus.url import Endpoint, parse, redact
+from aiobus.url import Endpoint, parse
 
 
 def test_defaults_per_scheme() -> None:
@@ -116,7 +116,53 @@ def test_password_never_shown() -> None:
     with pytest.raises(aiobus.ConfigError) as err:
         parse("kafka://admin:s3cret@h")
     assert "s3cret" not in str(err.value)
-    assert redact("see amqp://u:pw@h/") == "see amqp://u:***@h/"
+    assert "kafka://admin:***@h" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # A raw '@' in the password: the last '@' of the authority ends the user info.
+        ("amqp://u:Pw1@Pw2@h:x", "amqp://u:***@h:x"),
+        ("kafka://u:Pw1@Pw2@h", "kafka://u:***@h"),
+        # A raw '/', '?' or '#' cuts the password; nothing before the stray '@' is shown.
+        ("amqp://u:Pw1/Pw2@h:5672", "amqp://***@h:5672"),
+        ("amqp://u:Pw1?Pw2@h", "amqp://***@h"),
+        ("amqp://u:Pw1#Pw2@h", "amqp://***@h"),
+        ("amqp://u:1234/Pw2@h/v", "amqp://***@h/v"),
+        # No scheme to cut at: the user info is dropped whole.
+        ("u:Pw1/Pw2@h", "***@h"),
+        ("u:Pw1@Pw2://h@x", "***@x"),
+    ],
+)
+def test_errors_for_broken_urls_show_parsed_parts_without_the_password(
+    url: str, shown: str
+) -> None:
+    with pytest.raises(aiobus.ConfigError) as err:
+        parse(url)
+    text = str(err.value)
+    assert repr(shown) in text
+    assert "Pw1" not in text and "Pw2" not in text and "1234" not in text
+
+
+def test_a_raw_at_after_the_host_says_to_percent_encode() -> None:
+    with pytest.raises(aiobus.ConfigError, match="percent-encode"):
+        parse("mqtt://h?client_id=GID@@@dev")
+    assert parse("mqtt://h?client_id=GID%40%40%40dev").options.client_id == "GID@@@dev"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("spelling", ["false", "False", "0", "no", "OFF", "", "none", "maybe"])
+def test_verify_off_in_a_url_is_refused(spelling: str) -> None:
+    with pytest.raises(aiobus.ConfigError, match="keyword-only decision") as err:
+        parse(f"amqps://u:s3cret@h/?verify={spelling}")
+    assert "verify=False" in str(err.value) and "s3cret" not in str(err.value)
+
+
+def test_verify_off_as_a_keyword_still_works() -> None:
+    assert parse("amqps://h", verify=False).options.verify is False
+    assert parse("amqps://h?verify=true").options.verify is True
+    with pytest.raises(aiobus.ConfigError, match="plain-text scheme amqp://; use amqps://"):
+        parse("amqp://h", verify=False)
 
 
 hosts = st.text(alphabet=string.ascii_lowercase + string.digits + "-.", min_size=1, max_size=20)
