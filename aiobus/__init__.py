@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .auth import Credentials
+from .auth import Credentials, Secret
 from .connection import Connection
 from .errors import (
     AiobusError,
@@ -28,6 +28,7 @@ from .errors import (
     PublishTimeout,
     StaleDelivery,
     SubscriptionError,
+    SubscriptionNotEntered,
     TransientConnectError,
     Unroutable,
 )
@@ -115,6 +116,7 @@ __all__ = [
     "RequestTimeout",
     "Requeue",
     "Retry",
+    "Secret",
     "Service",
     "ServiceError",
     "ServiceNotRunning",
@@ -123,6 +125,7 @@ __all__ = [
     "State",
     "Subscription",
     "SubscriptionError",
+    "SubscriptionNotEntered",
     "TransientConnectError",
     "Unroutable",
     "connect",

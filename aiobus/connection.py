@@ -12,10 +12,12 @@ import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+from .attachment import SubscriptionState
 from .auth import resolve_credentials
 from .backoff import Backoff
 from .connect_errors import as_connect_error
@@ -34,16 +36,20 @@ from .errors import (
     TransientConnectError,
 )
 from .events import Event, EventHub, EventStream, State
-from .message import encode_body
+from .lifecycle import OPEN_STATES, Deadline, Trigger, next_state
+from .message import Delivery, encode_body
 from .publishing import Outbox, Outgoing, PublishFuture
 from .subscription import Subscription
+from .tls import warn_if_unverified
 from .transports import adapter_for
-from .transports.base import Link, LinkHooks, SubscriptionSpec
+from .transports.base import Consumer, Link, LinkHooks, SubscriptionSpec
 from .url import Endpoint, Settings
 
 log = logging.getLogger("aiobus")
 
-_OPEN_STATES = (State.CONNECTING, State.CONNECTED, State.RECONNECTING)
+#: How long an aborted link's own close may take to notice its socket is gone.
+ABORT_GRACE = 0.05
+
 
 
 class Connection:
@@ -58,19 +64,32 @@ class Connection:
         self._state = State.IDLE
         self._hub = EventHub()
         self._outbox: Outbox | None = None
+        #: Entered subscriptions that have not closed, in the order they were entered.
         self._subs: list[Subscription] = []
         self._topology: list[Any] = list(getattr(settings.options, "topology", ()))
         self._link: Link | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._deadline: Deadline | None = None
+        #: What every waiter is told once the connection has ended (closed or gave up).
+        self._end_error: BaseException = ConnectionClosed("the connection was closed")
         self._first: asyncio.Future[None] | None = None
         self._state_changed: asyncio.Future[None] | None = None
         self._generation = 0
         self._id_prefix = secrets.token_hex(8) + "-"
         self._id_counter = 0
-        self._closing = False
-        self._reattaching: set[asyncio.Task[None]] = set()
+        #: Tasks the connection owns besides the supervisor (re-attaches, consumer cancels
+        #: handed over by a cancelled leave): ended by the teardown.
+        self._background: set[asyncio.Task[None]] = set()
         #: Subscriptions re-attached on the current link after the broker ended their consumer.
         self._reattached: set[int] = set()
+        self.last_error: BaseException | None = None
+        """The last failed attempt's or lost link's error (None until one happens): for
+        readiness probes and logs."""
+        self.connected_at: datetime | None = None
+        """When the current link came up (UTC), or None while there is none."""
+        self.attempts = 0
+        """Failed connect attempts in a row since the link was last up."""
 
     def __repr__(self) -> str:
         return f"<Connection {self.settings.redacted_url()} {self._state.value}>"
@@ -80,17 +99,18 @@ class Connection:
     async def __aenter__(self) -> Connection:
         if self._state is not State.IDLE:
             raise ConnectionClosed("a Connection can be entered once; make a new one")
+        warn_if_unverified(self.settings)  # once per connection, not per reconnect
         loop = asyncio.get_running_loop()
         self._outbox = Outbox(loop, self.protocol, self.options.max_buffered)
         self._first = loop.create_future()
-        self._set_state(State.CONNECTING)
+        self._fire(Trigger.ENTER)
         self._supervisor = loop.create_task(
             self._supervise(), name=f"aiobus supervisor {self.settings.redacted_url()}"
         )
         try:
             await asyncio.shield(self._first)
         except BaseException:
-            await self._shutdown(graceful=False)
+            await self.close(graceful=False)
             raise
         return self
 
@@ -103,44 +123,89 @@ class Connection:
         await self.close(graceful=exc_type is not asyncio.CancelledError)
 
     async def close(self, graceful: bool = True) -> None:
-        """Stop taking publishes, wait up to ``close_timeout`` for outstanding confirms, detach
-        consumers, close the link. Idempotent."""
-        if self._closing:
-            return
-        await self._shutdown(graceful)
+        """Stop taking publishes, wait for outstanding confirms, detach consumers, close the
+        link: all within one ``close_timeout``. Idempotent: a second call waits for the first.
 
-    async def _shutdown(self, graceful: bool) -> None:
-        self._closing = True
-        if self._state is not State.IDLE:
-            self._set_state(State.CLOSING)
+        Safe under cancellation: if the caller is cancelled (an outer timeout, a failing
+        TaskGroup sibling), the close turns abortive (no more waiting for the broker) and
+        still finishes, leaving no task or socket, before the cancellation goes on.
+        """
+        if self._state is State.IDLE:
+            self._fire(Trigger.CLOSE)
+            self._fire(Trigger.TORN_DOWN)
+            return
+        closer = self._closer
+        if closer is None:
+            closer = self._closer = asyncio.get_running_loop().create_task(
+                self._close(graceful), name=f"aiobus close {self.settings.redacted_url()}"
+            )
+        try:
+            await asyncio.shield(closer)
+        except asyncio.CancelledError:
+            if not closer.done():
+                self._abort_close()
+                await finish_uncancelled(closer)
+            raise
+
+    def _abort_close(self) -> None:
+        if self._deadline is not None:
+            self._deadline.abort()
+
+    async def _close(self, graceful: bool) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline = Deadline(loop, loop.time() + self.options.close_timeout)
+        if self._state is not State.CLOSED:
+            self._fire(Trigger.CLOSE)
+        if graceful:
+            await self._drain(deadline)
+        supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.cancel()  # its ``finally`` tears everything down, within the deadline
+            await asyncio.gather(supervisor, return_exceptions=True)
+
+    async def _drain(self, deadline: Deadline) -> None:
+        """The polite part of a close, within the deadline: outstanding confirms, then every
+        consumer's cancel at once (each would otherwise wait its own timeout in turn)."""
         outbox = self._outbox
-        close_timeout = self.options.close_timeout
-        if graceful and outbox is not None and outbox.pending and self._live_link() is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(close_timeout):
-                    await outbox.flush()
-        if outbox is not None:
-            outbox.fail_all(
-                lambda m: ConnectionClosed(
-                    f"connection closed before message {m.message_id} was settled"
+        if outbox is not None and outbox.pending and self._live_link() is not None:
+            await deadline.run(outbox.flush())
+        consumers = [sub for sub in self._subs if sub._attachment.consumer is not None]
+        if consumers and self._live_link() is not None:
+            await deadline.run(
+                asyncio.gather(
+                    *(self._cancel_consumer(s, connection_closing=True) for s in consumers),
+                    return_exceptions=True,
                 )
             )
-        for task in list(self._reattaching):
+
+    async def _teardown(self) -> None:
+        """The end of every connection, run once in the supervisor's ``finally`` (after a
+        close, a give-up or a failed first connect): nothing the connection made is left."""
+        background = list(self._background)
+        for task in background:
             task.cancel()
-        if self._reattaching:
-            await asyncio.gather(*self._reattaching, return_exceptions=True)
-        for sub in list(self._subs):
-            await self._cancel_consumer(sub, connection_closing=True)
-            sub._close(connection_closed=True)
+        await asyncio.gather(*background, return_exceptions=True)
+        # The outbox first: what is unsettled now fails because the connection ended, not
+        # as if the link had been lost (which would re-queue it or say LinkLost).
+        end = self._end_error
+        assert self._outbox is not None
+        self._outbox.fail_all(lambda m: copy_error(end))
+        link, self._link = self._link, None
+        if link is not None:
+            link.hooks.lost(ConnectionClosed("closed"))
+            self._link_lost()
+            await self._discard(link)
+        for sub in self._subs:
+            self._end_subscription(sub, end)
         self._subs.clear()
-        supervisor = self._supervisor
-        if supervisor is not None and not supervisor.done():
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-        if self._first is not None and not self._first.done():
-            self._first.cancel()
-        self._set_state(State.CLOSED)
+        first = self._first
+        if first is not None and not first.done():
+            first.set_exception(copy_error(end))
+        if first is not None and not first.cancelled():
+            first.exception()  # retrieved: ``__aenter__`` may have been cancelled meanwhile
+        if self._state is not State.CLOSING:
+            self._fire(Trigger.CLOSE)
+        self._fire(Trigger.TORN_DOWN)
         self._hub.close()
 
     # -- state -------------------------------------------------------------------------------
@@ -168,20 +233,45 @@ class Connection:
                     self._state_changed = asyncio.get_running_loop().create_future()
                 await asyncio.shield(self._state_changed)
 
-    def _set_state(self, state: State, *, reason: str = "", endpoint: str = "") -> None:
-        if state is self._state:
-            return
-        self._state = state
-        log.info(
-            "aiobus %s: %s%s",
-            self.settings.redacted_url(),
-            state.value,
-            f" ({reason})" if reason else "",
-        )
-        self._emit(Event("state", state, reason=reason, endpoint=endpoint))
-        waiter = self._state_changed
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _fire(
+        self,
+        trigger: Trigger,
+        *,
+        reason: str = "",
+        endpoint: str = "",
+        error: BaseException | None = None,
+        attempt: int = 0,
+        delay: float | None = None,
+    ) -> None:
+        """The one place the connection's state changes (see ``aiobus.lifecycle``): the state
+        event, then the trigger's own event, then everyone waiting on a state change."""
+        old = self._state
+        new = next_state(old, trigger)
+        self._state = new
+        if new is not old:
+            log.info(
+                "aiobus %s: %s%s",
+                self.settings.redacted_url(),
+                new.value,
+                f" ({reason})" if reason else "",
+            )
+            self._emit(Event("state", new, reason=reason, endpoint=endpoint))
+        if trigger is Trigger.ATTEMPT_FAILED or trigger is Trigger.LINK_LOST:
+            self._emit(
+                Event(
+                    trigger.value,
+                    new,
+                    reason=reason,
+                    error=error,
+                    attempt=attempt,
+                    delay=delay,
+                    endpoint=endpoint,
+                )
+            )
+        if new is not old:
+            waiter = self._state_changed
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _emit(self, event: Event) -> None:
         with contextlib.suppress(RuntimeError):
@@ -198,6 +288,12 @@ class Connection:
         link = self._live_link()
         return link.raw if link is not None else None
 
+    def _not_open(self) -> ConnectionClosed:
+        url = self.settings.redacted_url()
+        if self._state is State.IDLE:
+            return ConnectionClosed(f"connection {url} is not open: enter it with `async with`")
+        return ConnectionClosed(f"connection {url} is closed: {describe(self._end_error)}")
+
     def _live_link(self) -> Link | None:
         link = self._link
         return link if link is not None and link.hooks.alive else None
@@ -205,6 +301,14 @@ class Connection:
     # -- the supervisor ----------------------------------------------------------------------
 
     async def _supervise(self) -> None:
+        try:
+            await self._run_links()
+        finally:
+            await self._teardown()
+
+    async def _run_links(self) -> None:
+        """Connect, serve the link until it dies, back off, again: until a close cancels it
+        or it gives up (returns)."""
         opts = self.options
         loop = asyncio.get_running_loop()
         first = self._first
@@ -213,110 +317,114 @@ class Connection:
         endpoints: Sequence[Endpoint | None] = self.settings.endpoints or (None,)
         first_deadline = loop.time() + opts.connect_timeout
         index = 0
-        failures = 0
-        link: Link | None = None
-        try:
-            while True:
-                endpoint = endpoints[index % len(endpoints)]
-                where = str(endpoint) if endpoint is not None else self.settings.path
-                try:
-                    link = await self._open_link(
-                        endpoint, first_deadline if not first.done() else None
-                    )
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    permanent, error = as_connect_error(exc)
-                    failures += 1
-                    index += 1
-                    now = loop.time()
-                    if not first.done():
-                        if permanent:
-                            first.set_exception(error)
-                            return
-                        if now >= first_deadline:
-                            timeout_error = ConnectTimeout(
-                                f"could not connect to {self.settings.redacted_url()} within "
-                                f"connect_timeout={opts.connect_timeout}s: {error}"
-                            )
-                            timeout_error.__cause__ = error
-                            first.set_exception(timeout_error)
-                            return
-                    if opts.max_attempts is not None and failures >= opts.max_attempts:
-                        self._give_up(error, failures)
-                        return
-                    delay = backoff.next_delay()
-                    if not first.done():
-                        delay = min(delay, max(0.0, first_deadline - now))
-                    log.warning(
-                        "aiobus %s: attempt %d to %s failed: %s; next in %.3fs",
-                        self.settings.redacted_url(),
-                        failures,
-                        where,
-                        error,
-                        delay,
-                    )
-                    self._emit(
-                        Event(
-                            "attempt_failed",
-                            self._state,
-                            reason=str(error),
-                            error=error,
-                            attempt=failures,
-                            delay=delay,
-                            endpoint=where,
-                        )
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-
-                failures = 0
-                up_since = loop.time()
-                self._link = link
-                self._reattached.clear()
-                pump = loop.create_task(self._pump(link), name="aiobus pump")
-                self._set_state(State.CONNECTED, endpoint=where)
-                if not first.done():
-                    first.set_result(None)
-                try:
-                    lost = await link.hooks.wait_lost()
-                finally:
-                    pump.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await pump
-                # The link died: everything that depended on it learns now, not at a deadline.
-                self._link_lost()
-                await self._discard(link)
-                link = None
-                if loop.time() - up_since >= opts.stable_after:
-                    backoff.reset()
+        while True:
+            endpoint = endpoints[index % len(endpoints)]
+            where = str(endpoint) if endpoint is not None else self.settings.path
+            try:
+                link = await self._open_link(endpoint, first_deadline if not first.done() else None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                permanent, error = as_connect_error(exc)
+                self.attempts += 1
+                self.last_error = error
                 index += 1
+                now = loop.time()
+                if not first.done():
+                    if permanent:
+                        self._give_up(error, error)
+                        return
+                    if now >= first_deadline:
+                        timeout_error = ConnectTimeout(
+                            f"could not connect to {self.settings.redacted_url()} within "
+                            f"connect_timeout={opts.connect_timeout}s: {describe(error)}"
+                        )
+                        timeout_error.__cause__ = error
+                        self._give_up(timeout_error, timeout_error)
+                        return
+                if opts.max_attempts is not None and self.attempts >= opts.max_attempts:
+                    reason = (
+                        f"gave up after {self.attempts} failed attempts (max_attempts): "
+                        f"{describe(error)}"
+                    )
+                    log.error("aiobus %s: %s", self.settings.redacted_url(), reason)
+                    self._give_up(ConnectionClosed(reason), error)
+                    return
                 delay = backoff.next_delay()
-                reason = describe(lost)
+                if not first.done():
+                    delay = min(delay, max(0.0, first_deadline - now))
                 log.warning(
-                    "aiobus %s: link lost (%s); reconnecting in %.3fs",
+                    "aiobus %s: attempt %d to %s failed: %s; next in %.3fs",
                     self.settings.redacted_url(),
-                    reason,
+                    self.attempts,
+                    where,
+                    describe(error),
                     delay,
                 )
-                self._set_state(State.RECONNECTING, reason=reason, endpoint=where)
-                self._emit(
-                    Event(
-                        "link_lost",
-                        State.RECONNECTING,
-                        reason=reason,
-                        error=lost,
-                        delay=delay,
-                        endpoint=where,
-                    )
+                self._fire(
+                    Trigger.ATTEMPT_FAILED,
+                    reason=describe(error),
+                    error=error,
+                    attempt=self.attempts,
+                    delay=delay,
+                    endpoint=where,
                 )
                 await asyncio.sleep(delay)
+                continue
+
+            lost = await self._serve(link, where)
+            if loop.time() - lost.up_since >= opts.stable_after:
+                backoff.reset()
+            index += 1
+            delay = backoff.next_delay()
+            reason = describe(lost.error)
+            self.last_error = lost.error
+            log.warning(
+                "aiobus %s: link lost (%s); reconnecting in %.3fs",
+                self.settings.redacted_url(),
+                reason,
+                delay,
+            )
+            self._fire(
+                Trigger.LINK_LOST, reason=reason, error=lost.error, delay=delay, endpoint=where
+            )
+            await asyncio.sleep(delay)
+
+    async def _serve(self, link: Link, where: str) -> LostLink:
+        """Run the pump on a live link until it dies; then everything that depended on it
+        learns at once, not at a deadline."""
+        loop = asyncio.get_running_loop()
+        first = self._first
+        assert first is not None
+        up_since = loop.time()
+        self.attempts = 0
+        self.connected_at = datetime.now(UTC)
+        self._link = link
+        self._reattached.clear()
+        pump = loop.create_task(self._pump(link), name="aiobus pump")
+        self._fire(Trigger.LINK_UP, endpoint=where)
+        if not first.done():
+            first.set_result(None)
+        try:
+            error = await link.hooks.wait_lost()
         finally:
-            if link is not None:
-                link.hooks.lost(ConnectionClosed("closed"))
-                self._link_lost()
-                await self._discard(link)
-            self._link = None
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+        self._link = None
+        self.connected_at = None
+        self._link_lost()
+        await self._discard(link)
+        return LostLink(error, up_since)
+
+    def _give_up(self, end: BaseException, cause: BaseException) -> None:
+        """No more attempts: the teardown (in ``_supervise``'s ``finally``) fails everything
+        that waits with ``end``."""
+        self._end_error = end
+        first = self._first
+        if first is not None and not first.done():
+            # Still inside ``async with``: it raises the attempt's own error.
+            first.set_exception(cause)
+        self._fire(Trigger.GIVE_UP, reason=describe(end), error=cause)
 
     async def _open_link(self, endpoint: Endpoint | None, first_deadline: float | None) -> Link:
         opts = self.options
@@ -326,7 +434,9 @@ class Connection:
             budget = max(0.001, min(budget, first_deadline - loop.time()))
         self._generation += 1
         assert self._outbox is not None
-        hooks = LinkHooks(self._outbox, self._generation, loop, self._consumer_lost)
+        hooks = LinkHooks(
+            self._outbox, self._generation, loop, self._consumer_lost, self._settle_lost
+        )
         link: Link | None = None
         try:
             async with asyncio.timeout(budget):
@@ -337,29 +447,58 @@ class Connection:
         except BaseException as exc:
             hooks.lost(exc)
             if link is not None:
+                self._link_lost()
                 await self._discard(link)
             raise
         if not hooks.alive:
+            self._link_lost()
+            await self._discard(link)
             raise TransientConnectError("the link died while it was being set up")
         return link
 
     async def _restore(self, link: Link) -> None:
-        """Topology first, then every subscription; a subscription that cannot come back is
-        failed loudly (iteration raises, an event says why) instead of staying silently dead."""
+        """Topology first, then every subscription that needs a consumer, until none does:
+        one entered or left meanwhile is picked up or let go by its own state, never by its
+        place in a list. One that cannot come back is failed loudly."""
         if self._topology:
             await link.declare(self._topology)
-        i = 0
-        while i < len(self._subs):  # subscriptions added meanwhile are picked up too
-            sub = self._subs[i]
-            i += 1
-            if sub.error is not None:
-                continue
-            try:
-                sub.consumer = await link.attach(sub.spec, sub)
-            except AiobusError as exc:
-                if isinstance(exc, (ConnectError, LinkDown)) or not link.hooks.alive:
-                    raise
+        while True:
+            waiting = [sub for sub in self._subs if sub._attachment.restorable]
+            if not waiting:
+                return
+            for sub in waiting:
+                if sub._attachment.restorable:
+                    await self._attach(sub, link)
+
+    async def _attach(self, sub: Subscription, link: Link) -> None:
+        """Attach ``sub`` on ``link``: the one way a subscription gets a consumer.
+
+        A subscription that left while its consumer was being attached has that consumer
+        cancelled here; one the broker cannot take fails loudly; a link that died under it
+        leaves it detached for the next restore.
+        """
+        attachment = sub._attachment
+        attachment.move(SubscriptionState.ATTACHING)
+        try:
+            consumer = await link.attach(sub.spec, sub)
+        except AiobusError as exc:
+            if isinstance(exc, (ConnectError, LinkDown)) or not link.hooks.alive:
+                if attachment.state is SubscriptionState.ATTACHING:
+                    attachment.move(SubscriptionState.DETACHED)
+                raise
+            if attachment.state is SubscriptionState.ATTACHING:
                 self._subscription_failed(sub, exc)
+            return
+        except BaseException:
+            if attachment.state is SubscriptionState.ATTACHING:
+                attachment.move(SubscriptionState.DETACHED)
+            raise
+        if attachment.state is SubscriptionState.ATTACHING and link.hooks.alive:
+            attachment.move(SubscriptionState.ATTACHED)
+            attachment.consumer = sub.consumer = consumer
+            return
+        # Left meanwhile (closing), or the link died (detached): this consumer serves no one.
+        await self._cancel_quietly(consumer, sub.pattern)
 
     async def _pump(self, link: Link) -> None:
         outbox = self._outbox
@@ -391,30 +530,33 @@ class Connection:
         assert self._outbox is not None
         self._outbox.link_lost()
         for sub in self._subs:
+            attachment = sub._attachment
+            if attachment.state in (SubscriptionState.ATTACHED, SubscriptionState.ATTACHING):
+                attachment.move(SubscriptionState.DETACHED)
             sub._link_lost()
 
     async def _discard(self, link: Link) -> None:
+        """Close a link within the close deadline (or ``close_timeout`` outside a close).
+        The close runs as a task so that a driver that does not give way to cancellation
+        cannot stretch the deadline: when it passes, the link is aborted instead, and the
+        close task then ends at once on the dead socket."""
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline
+        if deadline is None:
+            deadline = Deadline(loop, loop.time() + self.options.close_timeout)
+        closing = loop.create_task(link.close(), name="aiobus link close")
         try:
-            async with asyncio.timeout(self.options.close_timeout):
-                await link.close()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the link is gone either way; say why it did not close well
-            log.debug("aiobus: closing a link failed: %r", exc)
-
-    def _give_up(self, error: BaseException, attempts: int) -> None:
-        reason = f"gave up after {attempts} failed attempts (max_attempts): {error}"
-        log.error("aiobus %s: %s", self.settings.redacted_url(), reason)
-        self._closing = True
-        assert self._outbox is not None
-        self._outbox.fail_all(lambda m: ConnectionClosed(reason))
-        for sub in self._subs:
-            sub._fail(ConnectionClosed(reason))
-        self._set_state(State.CLOSED, reason=reason)
-        first = self._first
-        if first is not None and not first.done():
-            # Still inside ``async with``: it must raise, not wait forever.
-            first.set_exception(error)
+            if not deadline.aborted:
+                await deadline.run(asyncio.shield(closing))
+        finally:
+            await link.abort()
+            if not closing.done():
+                await asyncio.wait({closing}, timeout=ABORT_GRACE)
+                closing.cancel()
+                await asyncio.gather(closing, return_exceptions=True)
+            if not closing.cancelled() and closing.exception() is not None:
+                # The link is gone either way; say why it did not close well.
+                log.debug("aiobus: closing a link failed: %r", closing.exception())
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -445,8 +587,8 @@ class Connection:
         MessageTooLarge, BufferFull, ConnectionClosed. Through the future: Nacked,
         Unroutable, PublishTimeout, LinkLost, ConnectionClosed.
         """
-        if self._state not in _OPEN_STATES or self._closing:
-            raise ConnectionClosed(f"connection {self.settings.redacted_url()} is not open")
+        if self._state not in OPEN_STATES:
+            raise self._not_open()
         data, implied_type = encode_body(body)
         outbox = self._outbox
         assert outbox is not None
@@ -561,89 +703,185 @@ class Connection:
         return Subscription(self, spec)
 
     async def _add_subscription(self, sub: Subscription) -> None:
-        if self._state not in _OPEN_STATES or self._closing:
-            raise ConnectionClosed(f"connection {self.settings.redacted_url()} is not open")
+        if self._state not in OPEN_STATES:
+            raise self._not_open()
         self._subs.append(sub)
+        sub._attachment.move(SubscriptionState.DETACHED)
         link = self._live_link()
         if link is None or self._state is not State.CONNECTED:
             return  # the next link's restore attaches it
         try:
-            consumer = await link.attach(sub.spec, sub)
+            await self._attach(sub, link)
+        except asyncio.CancelledError:
+            self._forget(sub)
+            raise
         except Exception:
             if link.hooks.alive:
-                self._subs.remove(sub)
+                self._forget(sub)
                 raise
-            return  # the link died under us: the reconnect attaches it
-        if link is self._link and link.hooks.alive and sub.consumer is None:
-            sub.consumer = consumer
-        else:
-            with contextlib.suppress(Exception):
-                await consumer.cancel()
+            # The link died under us: the reconnect's restore attaches it.
+        if sub._attachment.state is SubscriptionState.FAILED:
+            error = sub.error
+            self._forget(sub)
+            assert error is not None
+            raise error
+
+    def _forget(self, sub: Subscription) -> None:
+        """A subscription whose ``async with`` did not complete: it was never entered."""
+        if sub in self._subs:
+            self._subs.remove(sub)
+        attachment = sub._attachment
+        if attachment.state is not SubscriptionState.CLOSED:
+            if attachment.state is not SubscriptionState.CLOSING:
+                attachment.move(SubscriptionState.CLOSING)
+            attachment.move(SubscriptionState.CLOSED)
 
     def _consumer_lost(self, sink: Any, error: BaseException) -> None:
         sub = sink if isinstance(sink, Subscription) else None
-        if sub is None or sub not in self._subs or self._closing:
+        if sub is None or sub not in self._subs or self._state is not State.CONNECTED:
             return
+        attachment = sub._attachment
+        if attachment.state is not SubscriptionState.ATTACHED:
+            return
+        attachment.move(SubscriptionState.DETACHED)
         sub.consumer = None
         if id(sub) in self._reattached:
             # Ended again on the same link: re-attaching would only loop.
             self._subscription_failed(sub, error)
             return
         self._reattached.add(id(sub))
-        task = asyncio.get_running_loop().create_task(
-            self._reattach(sub, error), name=f"aiobus re-attach {sub.pattern}"
-        )
-        self._reattaching.add(task)
-        task.add_done_callback(self._reattaching.discard)
+        self._in_background(self._reattach(sub, error), f"aiobus re-attach {sub.pattern}")
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _reattach(self, sub: Subscription, error: BaseException) -> None:
         link = self._live_link()
-        if link is None:
-            return  # the next link's restore attaches it
+        if link is None or not sub._attachment.restorable:
+            return  # the next link's restore attaches it, or it left
         log.warning(
             "aiobus: the broker ended the consumer of %r (%s); re-attaching",
             sub.pattern,
             describe(error),
         )
-        try:
-            consumer = await link.attach(sub.spec, sub)
-        except Exception as exc:
-            if link.hooks.alive:
-                self._subscription_failed(sub, exc)
-            return
-        if link is self._link and link.hooks.alive and sub in self._subs:
-            sub.consumer = consumer
+        with contextlib.suppress(ConnectError, LinkDown):  # the link died: restore does it
+            await self._attach(sub, link)
+        if sub._attachment.state is SubscriptionState.ATTACHED:
             self._emit(
                 Event("subscription_reattached", self._state, reason=describe(error), error=error)
             )
-        else:
-            with contextlib.suppress(Exception):
-                await consumer.cancel()
+
+    def _settle_lost(self, delivery: Delivery) -> None:
+        again = delivery.returns_on_loss
+        reason = (
+            f"handled message on {delivery.topic!r} could not be acknowledged: its link died; "
+            + (
+                "the broker delivers it again"
+                if again
+                else "the broker will not deliver it again (no persistent session)"
+            )
+        )
+        log.info("aiobus %s: %s", self.settings.redacted_url(), reason)
+        self._emit(Event("settle_lost", self._state, reason=reason, redelivered=again))
 
     def _subscription_failed(self, sub: Subscription, error: BaseException) -> None:
+        sub._attachment.move(SubscriptionState.FAILED)
+        sub.consumer = None
         sub._fail(error)
         log.error("aiobus: subscription %r is not receiving: %s", sub.pattern, describe(error))
         self._emit(Event("subscription_failed", self._state, reason=describe(error), error=error))
 
-    async def _remove_subscription(self, sub: Subscription) -> None:
-        if sub in self._subs:
-            self._subs.remove(sub)
-        await self._cancel_consumer(sub)
-        sub._close(connection_closed=False)
+    def _end_subscription(self, sub: Subscription, error: BaseException) -> None:
+        attachment = sub._attachment
+        if attachment.state is not SubscriptionState.CLOSING:
+            attachment.move(SubscriptionState.CLOSING)
+        attachment.move(SubscriptionState.CLOSED)
+        if not isinstance(error, ConnectionClosed) or str(error) != "the connection was closed":
+            sub._fail(copy_error(error))
+        sub._close(connection_closed=True)
+
+    async def _remove_subscription(self, sub: Subscription, *, cancelled: bool = False) -> None:
+        """A subscription leaves its ``async with``. Its consumer is cancelled here, or,
+        when the leaving task is being cancelled (or is cancelled while it waits), by a task
+        of the connection's, so no broker consumer outlives it and no cancellation waits for
+        the broker. Whatever happens, the subscription ends and its readers wake."""
+        if sub not in self._subs:
+            return  # the connection ended it already
+        self._subs.remove(sub)
+        attachment = sub._attachment
+        consumer = attachment.consumer
+        attachment.move(SubscriptionState.CLOSING)  # an attach under way cancels its own
+        sub.consumer = None
+        try:
+            if consumer is not None and consumer.alive:
+                if cancelled:
+                    self._hand_over_cancel(consumer, sub.pattern)
+                else:
+                    try:
+                        await self._cancel_quietly(consumer, sub.pattern)
+                    except asyncio.CancelledError:
+                        self._hand_over_cancel(consumer, sub.pattern)
+                        raise
+        finally:
+            attachment.move(SubscriptionState.CLOSED)
+            sub._close(connection_closed=False)
+
+    def _hand_over_cancel(self, consumer: Consumer, pattern: str) -> None:
+        if self._state in OPEN_STATES and not consumer.cancelled:
+            self._in_background(
+                self._cancel_quietly(consumer, pattern), f"aiobus cancel consumer {pattern}"
+            )
 
     async def _cancel_consumer(
         self, sub: Subscription, *, connection_closing: bool = False
     ) -> None:
-        consumer = sub.consumer
-        if consumer is None or not consumer.alive:
-            return
+        consumer = sub._attachment.consumer
+        if consumer is not None and consumer.alive:
+            await self._cancel_quietly(consumer, sub.pattern, connection_closing=connection_closing)
+
+    async def _cancel_quietly(
+        self, consumer: Consumer, pattern: str, *, connection_closing: bool = False
+    ) -> None:
+        """Cancel a consumer within ``close_timeout`` (or the close's deadline); a failure
+        is logged, since the broker ends it with the link anyway."""
         try:
             async with asyncio.timeout(self.options.close_timeout):
                 await consumer.cancel(connection_closing=connection_closing)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.debug("aiobus: cancelling consumer for %r failed: %r", sub.pattern, exc)
+            log.debug("aiobus: cancelling consumer for %r failed: %r", pattern, exc)
+
+
+async def finish_uncancelled(task: asyncio.Task[None]) -> None:
+    """Wait for ``task`` even through further cancellations (it is bounded: an aborted
+    close); the caller re-raises its own cancellation after."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    if not task.cancelled():
+        task.exception()
+
+
+def copy_error(error: BaseException) -> BaseException:
+    """A fresh exception of the same kind and text for each waiter: one exception object
+    raised in many tasks would collect every task's traceback."""
+    try:
+        clone = type(error)(*error.args)
+    except Exception:
+        clone = ConnectionClosed(str(error))
+    clone.__cause__ = error.__cause__ if error.__cause__ is not None else None
+    return clone
+
+
+class LostLink:
+    __slots__ = ("error", "up_since")
+
+    def __init__(self, error: BaseException, up_since: float) -> None:
+        self.error = error
+        self.up_since = up_since
 
 
 def encode_each(link: Link, outbox: Outbox, batch: list[Outgoing]) -> list[Outgoing]:

@@ -6,6 +6,8 @@ Each adapter maps its driver's exceptions onto these in one place, so user code 
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class AiobusError(Exception):
     """Base of every error aiobus raises on purpose."""
@@ -29,10 +31,32 @@ class NotSupported(AiobusError):
 # --- connection life -------------------------------------------------------------------------
 
 
+class ConnectPhase(StrEnum):
+    """Where a connect attempt failed, from the first step to the last."""
+
+    DNS = "DNS lookup"
+    TCP = "TCP connect"
+    TLS = "TLS handshake"
+    HEADER = "protocol header"
+    AUTH = "authentication"
+    OPEN = "open/vhost"
+    ATTACH = "attach"
+
+
 class ConnectError(AiobusError):
-    """Connecting failed. ``permanent`` errors are not retried on the first connect."""
+    """Connecting failed. ``permanent`` errors are not retried on the first connect.
+
+    ``phase`` says which step failed and ``endpoint`` (``host:port``) where, when known.
+    """
 
     permanent = False
+
+    def __init__(
+        self, *args: object, phase: ConnectPhase | None = None, endpoint: str | None = None
+    ) -> None:
+        super().__init__(*args)
+        self.phase = phase
+        self.endpoint = endpoint
 
 
 class TransientConnectError(ConnectError):
@@ -142,6 +166,11 @@ class StaleDelivery(AiobusError):
 
 class SubscriptionError(AiobusError):
     """A subscription could not be (re)attached; it is not receiving."""
+
+
+class SubscriptionNotEntered(AiobusError, RuntimeError):
+    """A subscription was iterated (or ``get()`` called) before ``async with`` subscribed it:
+    nothing would ever arrive. Enter it first: ``async with bus.subscribe(...) as sub``."""
 
 
 class AlreadySettled(AiobusError):

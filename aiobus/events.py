@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
-from collections import deque
 from dataclasses import dataclass, field
+
+from .buffer import Mailbox
 
 
 class State(enum.Enum):
@@ -26,7 +26,12 @@ class Event:
     ``"link_lost"`` when a live link dies (``error`` says why, ``delay`` is the wait before the
     next attempt), ``"subscription_reattached"`` when the broker ended one consumer and it was
     attached again, ``"subscription_failed"`` for a subscription that could not be
-    (re-)attached and is not receiving (its iteration raises the error too).
+    (re-)attached and is not receiving (its iteration raises the error too),
+    ``"settle_lost"`` when ``process()`` handled a message whose link died before it could
+    be acknowledged (``redelivered`` says whether the broker delivers it again), and
+    ``"overflow"`` when this stream was read too slowly and dropped its oldest events:
+    ``dropped`` says how many, and the overflow event comes where they were, before the
+    events that follow (``state`` and ``time`` are those of the first event after the gap).
     """
 
     kind: str
@@ -37,6 +42,8 @@ class Event:
     delay: float | None = None
     endpoint: str = ""
     time: float = 0.0
+    dropped: int = 0
+    redelivered: bool | None = None
 
 
 class EventHub:
@@ -72,39 +79,46 @@ class EventHub:
 
 class EventStream:
     """Async iterator of events from the moment ``events()`` was called until the connection
-    closes (or ``aclose()``). Use ``async with bus.events() as events`` to stop listening."""
+    closes (or ``aclose()``). Use ``async with bus.events() as events`` to stop listening.
+
+    Several tasks may read one stream: each event goes to one of them, and every one of them
+    ends when the stream does. It keeps the last ``backlog`` unread events; older ones are
+    dropped and reported by an ``overflow`` event in their place."""
 
     def __init__(self, hub: EventHub, backlog: int) -> None:
         self._hub = hub
-        self._events: deque[Event] = deque(maxlen=backlog)
-        self._waiter: asyncio.Future[None] | None = None
-        self._ended = False
+        self._events: Mailbox[Event] = Mailbox(
+            backlog, overflow="drop_oldest", notice=self._overflow_notice
+        )
+
+    @property
+    def dropped(self) -> int:
+        """Events this stream dropped (unread when more than ``backlog`` were waiting)."""
+        return self._events.dropped
+
+    def _overflow_notice(self, dropped: int, following: Event) -> Event:
+        return Event(
+            "overflow",
+            following.state,
+            reason=(
+                f"{dropped} events were dropped: this stream keeps the last "
+                f"{self._events.capacity} unread events; read it faster"
+            ),
+            time=following.time,
+            dropped=dropped,
+        )
 
     def _put(self, event: Event) -> None:
-        self._events.append(event)
-        self._wake()
+        self._events.push(event)
 
     def _end(self) -> None:
-        self._ended = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._events.close()
 
     def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> Event:
-        while not self._events:
-            if self._ended:
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._events.popleft()
+        return await self._events.get()
 
     async def aclose(self) -> None:
         self._hub.discard(self)

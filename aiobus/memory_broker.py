@@ -141,6 +141,10 @@ class MemoryBroker:
         self.nack_budget = 0
         self.holding = False
         self._held: list[tuple[Any, Callable[[], None]]] = []
+        #: While set, every consumer attach waits here first (``attaches_held``).
+        self.attach_gate: asyncio.Event | None = None
+        #: Attaches waiting at the gate right now.
+        self.attaches_waiting = 0
         self.published = 0
         self.connects = 0
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -206,6 +210,28 @@ class MemoryBroker:
         for link, settle in held:
             if link.hooks.alive:
                 settle()
+
+    def hold_attaches(self) -> None:
+        """Every consumer attach waits until ``release_attaches()``: a test can enter or
+        leave subscriptions while a restore is half done."""
+        if self.attach_gate is None:
+            self.attach_gate = asyncio.Event()
+
+    def release_attaches(self) -> None:
+        gate, self.attach_gate = self.attach_gate, None
+        if gate is not None:
+            gate.set()
+
+    async def _pass_attach_gate(self) -> None:
+        gate = self.attach_gate
+        if gate is None:
+            return
+        self.attaches_waiting += 1
+        self._check_waiters()
+        try:
+            await gate.wait()
+        finally:
+            self.attaches_waiting -= 1
 
     def hold(self, link: Any, settle: Callable[[], None]) -> None:
         self._held.append((link, settle))

@@ -146,6 +146,12 @@ class Delivery:
 
         Where the protocol has no nack (MQTT) a failed message is left unacknowledged, so a
         persistent session gets it again after a reconnect.
+
+        If the link died while the message was in hand, the block's success cannot be told
+        to the broker: ``process()`` does not raise (a consumer loop survives reconnects);
+        a ``settle_lost`` event says so and whether the broker delivers the message again
+        (AMQP: yes; MQTT QoS 1: only on a persistent session). An explicit ``ack()`` still
+        raises ``StaleDelivery``.
         """
         try:
             yield self
@@ -153,9 +159,15 @@ class Delivery:
             if not self._settled and self._consumer.can_nack and self._consumer.alive:
                 await self.nack(requeue=requeue)
             raise
-        else:
-            if not self._settled:
+        if self._settled:
+            return
+        if self._consumer.alive:
+            try:
                 await self.ack()
+                return
+            except StaleDelivery:
+                pass  # the link died during the ack
+        self._consumer.settle_lost(self)
 
     def __repr__(self) -> str:
         return (

@@ -1,18 +1,21 @@
 """Subscription: an async context manager and async iterator of deliveries that outlives links.
 
 The buffer is bounded by prefetch (credit, receive maximum): the broker keeps the surplus, so
-nothing it considers delivered is ever dropped here.
+nothing it considers delivered is ever dropped here. Several tasks may iterate one
+subscription at once (a worker pool): each delivery goes to exactly one of them, and all of
+them end when the subscription leaves or the connection closes (see ``aiobus.buffer``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import ConnectionClosed
+from .attachment import Attachment, SubscriptionState
+from .buffer import Mailbox
+from .errors import ConnectionClosed, SubscriptionNotEntered
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -20,18 +23,21 @@ if TYPE_CHECKING:
     from .transports.base import Consumer, SubscriptionSpec
 
 
+def _returns_on_loss(delivery: Delivery) -> bool:
+    return delivery.returns_on_loss
+
+
 class Subscription:
     def __init__(self, connection: Connection, spec: SubscriptionSpec) -> None:
         self._connection = connection
         self.spec = spec
+        #: The buffer's bound (prefetch): the consumer keeps ``room`` at or above 0.
         self.capacity = spec.prefetch
-        self._buffer: deque[Delivery] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._space_callback: Callable[[], None] | None = None
-        self._error: BaseException | None = None
-        self._closed = False
-        self._paused = False
+        self._mailbox: Mailbox[Delivery] = Mailbox(spec.prefetch)
+        self._entered = False
         self.consumer: Consumer | None = None
+        #: The core's record of this subscription on the current link (``aiobus.attachment``).
+        self._attachment = Attachment()
 
     @property
     def pattern(self) -> str:
@@ -43,14 +49,30 @@ class Subscription:
         return self.consumer is not None and self.consumer.alive
 
     @property
+    def state(self) -> SubscriptionState:
+        """Where this subscription stands: new, detached, attaching, attached, closing,
+        failed or closed (see ``aiobus.attachment``)."""
+        return self._attachment.state
+
+    @property
+    def resume(self) -> Any:
+        """The adapter's resume state for this subscription (kept across links)."""
+        return self._attachment.resume
+
+    @resume.setter
+    def resume(self, value: Any) -> None:
+        self._attachment.resume = value
+
+    @property
     def error(self) -> BaseException | None:
         """Why re-attaching failed, if it did; iteration raises it too."""
-        return self._error
+        return self._mailbox.error
 
     # -- the application's side -----------------------------------------------------------
 
     async def __aenter__(self) -> Subscription:
         await self._connection._add_subscription(self)
+        self._entered = True
         return self
 
     async def __aexit__(
@@ -59,96 +81,99 @@ class Subscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._connection._remove_subscription(self)
+        # Left because its task is being cancelled: the consumer's cancel is the
+        # connection's to finish, so the cancellation is not held up by the broker.
+        cancelled = exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
+        await self._connection._remove_subscription(self, cancelled=cancelled)
 
     def __aiter__(self) -> Subscription:
         return self
 
-    async def __anext__(self) -> Delivery:
-        buffer = self._buffer
-        while not buffer:
-            if self._error is not None:
-                raise self._error
-            if self._closed:
-                raise StopAsyncIteration
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        delivery = buffer.popleft()
-        callback = self._space_callback
-        if callback is not None:
-            callback()
-        return delivery
+    def __anext__(self) -> Coroutine[Any, Any, Delivery]:
+        # Not ``async def``: the mailbox's own coroutine is awaited directly (one frame less
+        # per delivery), and a subscription never entered fails here, at once.
+        if not self._entered:
+            raise self._not_entered()
+        return self._mailbox.get()
 
     async def get(self, timeout: float | None = None) -> Delivery:
         """The next delivery, waiting at most ``timeout`` seconds (``TimeoutError``)."""
+        if not self._entered:
+            raise self._not_entered()
+        if timeout is None:
+            return await self._mailbox.get()
         async with asyncio.timeout(timeout):
-            return await self.__anext__()
+            return await self._mailbox.get()
+
+    def _not_entered(self) -> SubscriptionNotEntered:
+        return SubscriptionNotEntered(
+            f"subscription {self.spec.pattern!r} was never entered, so it receives nothing: "
+            "enter it first: `async with bus.subscribe(...) as sub: async for msg in sub: ...`"
+        )
 
     # -- the consumer's side (DeliverySink) -----------------------------------------------
 
     def push(self, delivery: Delivery) -> None:
-        self._buffer.append(delivery)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        # Refused (dropped here) only once the subscription has ended: the consumer was
+        # cancelled, so the broker gets the unsettled delivery back.
+        self._mailbox.push(delivery)
 
     @property
     def room(self) -> int:
-        if self._paused:
-            return 0
-        return self.capacity - len(self._buffer)
+        return self._mailbox.room
 
     def pause(self) -> None:
         """Take nothing more: ``room`` reads 0 from now on, so the consumer leaves further
         messages with the broker (or unacknowledged in the link) while what is already
         buffered can still be read. For a graceful drain where the protocol cannot give a
         delivered message back (MQTT): stop the inflow, handle what is in hand, then leave."""
-        self._paused = True
+        self._mailbox.pause()
 
     @property
     def paused(self) -> bool:
-        return self._paused
+        return self._mailbox.paused
 
     @property
     def buffered(self) -> int:
         """Deliveries waiting in the local buffer (``capacity - room`` only while not paused)."""
-        return len(self._buffer)
+        return self._mailbox.buffered
 
     def on_space(self, callback: Callable[[], None] | None) -> None:
         """Called after the application takes a delivery: a consumer paused on a full buffer
         (no-ack, MQTT) resumes reading from here."""
-        self._space_callback = callback
+        self._mailbox.on_space(callback)
 
     # -- the core's side ------------------------------------------------------------------
 
     def _link_lost(self) -> None:
         """Drop buffered deliveries the broker will send again; keep those it will not."""
         self.consumer = None
-        self._space_callback = None
-        if self._buffer:
-            self._buffer = deque(d for d in self._buffer if not d.returns_on_loss)
+        self._mailbox.on_space(None)
+        self._mailbox.drop_if(_returns_on_loss)
 
     def _fail(self, error: BaseException) -> None:
-        self._error = error
-        self._wake()
+        """Not receiving any more: readers are handed what is buffered, then raise ``error``."""
+        self._mailbox.fail(error)
 
     def _close(self, connection_closed: bool) -> None:
-        self._closed = True
+        """Left (or the connection closed): the buffer is dropped, since its unsettled
+        deliveries go back to the broker with the consumer, and every reader ends, with
+        ``StopAsyncIteration``, or ``ConnectionClosed`` when the connection closed."""
         self.consumer = None
-        self._space_callback = None
-        self._buffer.clear()
-        if connection_closed and self._error is None:
-            self._error = ConnectionClosed("the connection was closed")
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        mailbox = self._mailbox
+        mailbox.on_space(None)
+        mailbox.clear()
+        if connection_closed:
+            mailbox.fail(ConnectionClosed("the connection was closed"))  # the first error wins
+        mailbox.close()
 
     def __repr__(self) -> str:
-        state = "live" if self.live else ("closed" if self._closed else "detached")
-        return f"<Subscription {self.spec.pattern!r} {state} buffered={len(self._buffer)}>"
+        if self.live:
+            state = "live"
+        elif self._mailbox.ended:
+            state = "closed" if self._mailbox.error is None else "failed"
+        elif not self._entered:
+            state = "not entered"
+        else:
+            state = "detached"
+        return f"<Subscription {self.spec.pattern!r} {state} buffered={self._mailbox.buffered}>"

@@ -78,7 +78,7 @@ class LinkHooks:
     """The core's ears for one link. After the link is lost every call is ignored, so a dead
     link's late outcomes can never settle a message that was re-sent on a newer link."""
 
-    __slots__ = ("_consumer_lost", "_lost", "_outbox", "alive", "generation")
+    __slots__ = ("_consumer_lost", "_lost", "_outbox", "_settle_lost", "alive", "generation")
 
     def __init__(
         self,
@@ -86,10 +86,12 @@ class LinkHooks:
         generation: int,
         loop: asyncio.AbstractEventLoop,
         on_consumer_lost: Callable[[DeliverySink, BaseException], None] | None = None,
+        on_settle_lost: Callable[[Delivery], None] | None = None,
     ) -> None:
         self._outbox = outbox
         self._lost: asyncio.Future[BaseException] = loop.create_future()
         self._consumer_lost = on_consumer_lost
+        self._settle_lost = on_settle_lost
         self.alive = True
         self.generation = generation
 
@@ -136,6 +138,12 @@ class LinkHooks:
     async def wait_lost(self) -> BaseException:
         return await asyncio.shield(self._lost)
 
+    def settle_lost(self, delivery: Delivery) -> None:
+        """``process()`` handled ``delivery`` but its link died before it could be settled:
+        the core reports it (the link is dead, so unlike the others this is not ignored)."""
+        if self._settle_lost is not None:
+            self._settle_lost(delivery)
+
     def consumer_lost(self, sink: DeliverySink, exc: BaseException) -> None:
         """The broker ended one consumer (queue deleted, link detached) while the link lives:
         the core re-attaches that subscription once, or fails it loudly."""
@@ -156,6 +164,9 @@ class Consumer(ABC):
     @property
     def alive(self) -> bool:
         return self._hooks.alive and not self.cancelled
+
+    def settle_lost(self, delivery: Delivery) -> None:
+        self._hooks.settle_lost(delivery)
 
     @abstractmethod
     async def ack(self, delivery: Delivery) -> None: ...
@@ -221,7 +232,15 @@ class Link(ABC):
 
     @abstractmethod
     async def close(self) -> None:
-        """Close politely; must return promptly even if the peer is gone."""
+        """Close politely; must return promptly even if the peer is gone. The core runs it
+        within the close's deadline and calls ``abort()`` after, however it ended."""
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """Cut whatever is still open at once (the socket aborted, timers cancelled), after
+        a ``close()`` that finished, failed or was cut short by the close deadline, and
+        return once the driver's own tasks have ended (promptly: nothing waits for the peer
+        any more). Idempotent."""
 
     # The adapter seam has two failure channels, kept apart by the core:
     #

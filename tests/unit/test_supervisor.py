@@ -236,6 +236,9 @@ class RecordingLink(Link):
             raise TransientConnectError(f"{where} refused")
         RecordingLink.live.append(self)
 
+    async def abort(self) -> None:
+        pass
+
     async def close(self) -> None:
         if self in RecordingLink.live:
             RecordingLink.live.remove(self)

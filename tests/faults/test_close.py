@@ -1,0 +1,131 @@
+"""Closing and settling at the edges, on every protocol through a ``FaultProxy``: a close on a
+black-holed link is bounded by one ``close_timeout``, a cancelled close still leaves nothing
+behind, and ``process()`` survives a link that dies while a message is in hand."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+
+import aiobus
+from aiobus.events import Event, State
+from aiobus.testing import FaultProxy
+from tests.faults.targets import NET_TARGETS, NetTarget
+from tests.helpers import other_tasks, wait_for_state
+
+CLOSE_TIMEOUT = 1.0
+
+
+@pytest.fixture(params=list(NET_TARGETS))
+async def net(request: pytest.FixtureRequest) -> NetTarget:
+    return await NET_TARGETS[request.param](request)
+
+
+@pytest.fixture
+async def proxy(net: NetTarget) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(*net.host_port) as p:
+        yield p
+
+
+def subscription_options(net: NetTarget, i: int) -> dict[str, Any]:
+    """Ten distinct subscriptions: MQTT filters must differ (one session holds a filter once);
+    the AMQP targets consume one queue ten times."""
+    options = dict(net.subscribe)
+    if "qos" in options:
+        options["pattern"] = f"{options['pattern']}/{i}"
+    return options
+
+
+async def test_close_on_a_black_holed_link_takes_one_close_timeout(
+    net: NetTarget, proxy: FaultProxy
+) -> None:
+    loop = asyncio.get_running_loop()
+    bus = aiobus.connect(
+        proxy.rewrite(net.url),
+        close_timeout=CLOSE_TIMEOUT,
+        heartbeat=30,
+        **net.connect_options,
+    )
+    await bus.__aenter__()
+    async with AsyncExitStack() as subs:
+        for i in range(10):
+            await subs.enter_async_context(bus.subscribe(**subscription_options(net, i)))
+        proxy.blackhole()
+        pending = [bus.publish(net.topic, b"x", **net.publish_options) for _ in range(5)]
+        started = loop.time()
+        await bus.close()
+        took = loop.time() - started
+        # Subscriptions leave after their connection: nothing to do then.
+    assert took < CLOSE_TIMEOUT + 0.1, f"close took {took:.3f}s"
+    assert bus.state is State.CLOSED
+    for fut in pending:
+        with pytest.raises(aiobus.ConnectionClosed):
+            await fut
+    assert not other_tasks()
+
+
+async def test_a_cancelled_close_turns_abortive_and_leaves_nothing(
+    net: NetTarget, proxy: FaultProxy
+) -> None:
+    loop = asyncio.get_running_loop()
+    bus = aiobus.connect(
+        proxy.rewrite(net.url), close_timeout=30, heartbeat=30, **net.connect_options
+    )
+    await bus.__aenter__()
+    async with bus.subscribe(**subscription_options(net, 0)):
+        proxy.blackhole()
+        fut = bus.publish(net.topic, b"x", **net.publish_options)
+        async with bus.events() as events:
+            closing = asyncio.create_task(bus.close())
+            await wait_for_state(events, State.CLOSING)
+        started = loop.time()
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        took = loop.time() - started
+        assert bus.state is State.CLOSED
+        assert took < 0.5, f"an aborted close took {took:.3f}s"
+        with pytest.raises(aiobus.ConnectionClosed):
+            await fut
+        await bus.close()  # a second close: nothing left to do
+    assert not other_tasks()
+
+
+async def test_process_survives_a_link_that_dies_with_the_message_in_hand(
+    net: NetTarget, proxy: FaultProxy
+) -> None:
+    body = uuid.uuid4().hex.encode()
+    async with aiobus.connect(
+        proxy.rewrite(net.url),
+        backoff_initial=0.01,
+        backoff_max=0.1,
+        **net.connect_options,
+    ) as bus:
+        async with bus.subscribe(**net.subscribe) as sub:
+            await bus.publish(net.topic, body, **net.publish_options)
+            msg = await sub.get(timeout=10)
+            assert msg.body == body
+            lost: Event | None = None
+            async with bus.events() as events:
+                async with msg.process():
+                    proxy.cut()
+                    await wait_for_state(events, State.RECONNECTING)
+                # The block succeeded: no StaleDelivery out of process(), an event instead.
+                async with asyncio.timeout(5):
+                    async for event in events:
+                        if event.kind == "settle_lost":
+                            lost = event
+                            break
+            assert lost is not None
+            assert lost.redelivered is msg.returns_on_loss
+            with pytest.raises(aiobus.StaleDelivery):
+                await msg.ack()  # an explicit ack still says so
+            if msg.returns_on_loss:
+                again = await sub.get(timeout=10)
+                assert again.body == body
+                await again.ack()
