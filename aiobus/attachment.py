@@ -53,12 +53,18 @@ class Attachment:
     and the adapter's resume state (an MQTT session's subscription, a stream's offset),
     which outlives links and is handed back to the adapter at every re-attach."""
 
-    __slots__ = ("consumer", "resume", "state")
+    __slots__ = ("attempt", "consumer", "ended", "resume", "state")
 
     def __init__(self) -> None:
         self.state = S.NEW
         self.consumer: Consumer | None = None
         self.resume: Any = None
+        #: Which attach owns the ATTACHING state: a later attempt (a re-attach after the
+        #: broker ended the consumer mid-attach) makes an earlier one's result stale.
+        self.attempt = 0
+        #: Why the broker ended the consumer while its attach was still under way: the
+        #: attach, once it returns, decides what follows (its own error, or a re-attach).
+        self.ended: BaseException | None = None
 
     def move(self, new: SubscriptionState) -> None:
         if new not in ALLOWED[self.state]:
@@ -68,6 +74,16 @@ class Attachment:
         self.state = new
         if new is not S.ATTACHED:
             self.consumer = None
+
+    def begin_attach(self) -> int:
+        self.move(S.ATTACHING)
+        self.attempt += 1
+        self.ended = None
+        return self.attempt
+
+    def attaching(self, attempt: int) -> bool:
+        """Whether the attach numbered ``attempt`` still owns this subscription."""
+        return self.state is S.ATTACHING and self.attempt == attempt
 
     @property
     def restorable(self) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 from .attachment import SubscriptionState
 from .auth import resolve_credentials
 from .backoff import Backoff
-from .connect_errors import as_connect_error
+from .connect_errors import as_connect_error, cut_short
 from .errors import (
     AiobusError,
     BufferFull,
@@ -317,6 +317,8 @@ class Connection:
         endpoints: Sequence[Endpoint | None] = self.settings.endpoints or (None,)
         first_deadline = loop.time() + opts.connect_timeout
         index = 0
+        #: The last attempt's error that says why (not one the first deadline cut short).
+        telling: BaseException | None = None
         while True:
             endpoint = endpoints[index % len(endpoints)]
             where = str(endpoint) if endpoint is not None else self.settings.path
@@ -326,6 +328,8 @@ class Connection:
                 raise
             except Exception as exc:
                 permanent, error = as_connect_error(exc)
+                if telling is None or not cut_short(error):
+                    telling = error
                 self.attempts += 1
                 self.last_error = error
                 index += 1
@@ -337,9 +341,11 @@ class Connection:
                     if now >= first_deadline:
                         timeout_error = ConnectTimeout(
                             f"could not connect to {self.settings.redacted_url()} within "
-                            f"connect_timeout={opts.connect_timeout}s: {describe(error)}"
+                            f"connect_timeout={opts.connect_timeout}s: {describe(telling)}",
+                            phase=getattr(telling, "phase", None),
+                            endpoint=getattr(telling, "endpoint", None),
                         )
-                        timeout_error.__cause__ = error
+                        timeout_error.__cause__ = telling
                         self._give_up(timeout_error, timeout_error)
                         return
                 if opts.max_attempts is not None and self.attempts >= opts.max_attempts:
@@ -435,7 +441,12 @@ class Connection:
         self._generation += 1
         assert self._outbox is not None
         hooks = LinkHooks(
-            self._outbox, self._generation, loop, self._consumer_lost, self._settle_lost
+            self._outbox,
+            self._generation,
+            loop,
+            self._consumer_lost,
+            self._settle_lost,
+            self._notified,
         )
         link: Link | None = None
         try:
@@ -478,26 +489,29 @@ class Connection:
         leaves it detached for the next restore.
         """
         attachment = sub._attachment
-        attachment.move(SubscriptionState.ATTACHING)
+        attempt = attachment.begin_attach()
         try:
             consumer = await link.attach(sub.spec, sub)
         except AiobusError as exc:
             if isinstance(exc, (ConnectError, LinkDown)) or not link.hooks.alive:
-                if attachment.state is SubscriptionState.ATTACHING:
+                if attachment.attaching(attempt):
                     attachment.move(SubscriptionState.DETACHED)
                 raise
-            if attachment.state is SubscriptionState.ATTACHING:
+            if attachment.attaching(attempt):
                 self._subscription_failed(sub, exc)
             return
         except BaseException:
-            if attachment.state is SubscriptionState.ATTACHING:
+            if attachment.attaching(attempt):
                 attachment.move(SubscriptionState.DETACHED)
             raise
-        if attachment.state is SubscriptionState.ATTACHING and link.hooks.alive:
+        if attachment.attaching(attempt) and link.hooks.alive:
             attachment.move(SubscriptionState.ATTACHED)
             attachment.consumer = sub.consumer = consumer
+            ended = attachment.ended
+            if ended is not None:  # ended by the broker before the attach returned
+                self._consumer_lost(sub, ended)
             return
-        # Left meanwhile (closing), or the link died (detached): this consumer serves no one.
+        # Left meanwhile (closing), or the link died (detached): it serves no one.
         await self._cancel_quietly(consumer, sub.pattern)
 
     async def _pump(self, link: Link) -> None:
@@ -741,6 +755,9 @@ class Connection:
         if sub is None or sub not in self._subs or self._state is not State.CONNECTED:
             return
         attachment = sub._attachment
+        if attachment.state is SubscriptionState.ATTACHING:
+            attachment.ended = error  # the attach under way decides, once it returns
+            return
         if attachment.state is not SubscriptionState.ATTACHED:
             return
         attachment.move(SubscriptionState.DETACHED)
@@ -772,6 +789,10 @@ class Connection:
             self._emit(
                 Event("subscription_reattached", self._state, reason=describe(error), error=error)
             )
+
+    def _notified(self, kind: str, reason: str, error: BaseException | None) -> None:
+        log.warning("aiobus %s: %s", self.settings.redacted_url(), reason)
+        self._emit(Event(kind, self._state, reason=reason, error=error))
 
     def _settle_lost(self, delivery: Delivery) -> None:
         again = delivery.returns_on_loss

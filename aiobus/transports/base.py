@@ -78,7 +78,15 @@ class LinkHooks:
     """The core's ears for one link. After the link is lost every call is ignored, so a dead
     link's late outcomes can never settle a message that was re-sent on a newer link."""
 
-    __slots__ = ("_consumer_lost", "_lost", "_outbox", "_settle_lost", "alive", "generation")
+    __slots__ = (
+        "_consumer_lost",
+        "_lost",
+        "_notify",
+        "_outbox",
+        "_settle_lost",
+        "alive",
+        "generation",
+    )
 
     def __init__(
         self,
@@ -87,8 +95,10 @@ class LinkHooks:
         loop: asyncio.AbstractEventLoop,
         on_consumer_lost: Callable[[DeliverySink, BaseException], None] | None = None,
         on_settle_lost: Callable[[Delivery], None] | None = None,
+        on_notify: Callable[[str, str, BaseException | None], None] | None = None,
     ) -> None:
         self._outbox = outbox
+        self._notify = on_notify
         self._lost: asyncio.Future[BaseException] = loop.create_future()
         self._consumer_lost = on_consumer_lost
         self._settle_lost = on_settle_lost
@@ -137,6 +147,14 @@ class LinkHooks:
 
     async def wait_lost(self) -> BaseException:
         return await asyncio.shield(self._lost)
+
+    def notify(self, kind: str, reason: str, error: BaseException | None = None) -> None:
+        """Tell the application something happened on this link that it cannot see
+        otherwise (an inbound message that could not be decoded and was settled, a QoS 0
+        message dropped for a full subscription, a session taken over): an ``Event`` of
+        ``kind`` in ``events()`` and a log line. Ignored once the link is lost."""
+        if self.alive and self._notify is not None:
+            self._notify(kind, reason, error)
 
     def settle_lost(self, delivery: Delivery) -> None:
         """``process()`` handled ``delivery`` but its link died before it could be settled:
