@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
 import pytest
 
 from aiobus.memory_broker import MemoryBroker
-from aiobus.testing import fresh_memory_broker
+from aiobus.testing import FaultProxy, fresh_memory_broker
 from tests.faults.scenarios import ChaosTarget
+from tests.faults.targets import NET_TARGETS, NetTarget
 
 
 async def amqp091_target(node: Any, *, name: str = "rabbitmq-amqp091") -> ChaosTarget:
@@ -109,3 +111,15 @@ def memory_chaos() -> Any:
     target, broker = memory_target()
     yield target
     MemoryBroker.drop(broker.name)
+
+
+@pytest.fixture(params=list(NET_TARGETS))
+async def net(request: pytest.FixtureRequest) -> NetTarget:
+    """Every protocol and broker, reached through a ``FaultProxy`` (``proxy``)."""
+    return await NET_TARGETS[request.param](request)
+
+
+@pytest.fixture
+async def proxy(net: NetTarget) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(*net.host_port) as p:
+        yield p

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -15,21 +14,10 @@ import pytest
 import aiobus
 from aiobus.events import Event, State
 from aiobus.testing import FaultProxy
-from tests.faults.targets import NET_TARGETS, NetTarget
+from tests.faults.targets import NetTarget
 from tests.helpers import other_tasks, wait_for_state
 
 CLOSE_TIMEOUT = 1.0
-
-
-@pytest.fixture(params=list(NET_TARGETS))
-async def net(request: pytest.FixtureRequest) -> NetTarget:
-    return await NET_TARGETS[request.param](request)
-
-
-@pytest.fixture
-async def proxy(net: NetTarget) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(*net.host_port) as p:
-        yield p
 
 
 def subscription_options(net: NetTarget, i: int) -> dict[str, Any]:
@@ -129,3 +117,34 @@ async def test_process_survives_a_link_that_dies_with_the_message_in_hand(
                 again = await sub.get(timeout=10)
                 assert again.body == body
                 await again.ack()
+
+
+async def test_a_give_up_ends_every_event_stream_and_fails_what_waits(
+    net: NetTarget, proxy: FaultProxy
+) -> None:
+    async with aiobus.connect(
+        proxy.rewrite(net.url),
+        max_attempts=2,
+        backoff_initial=0.01,
+        backoff_max=0.05,
+        **net.connect_options,
+    ) as bus:
+        async with bus.subscribe(**net.subscribe) as sub:
+            streams = [bus.events() for _ in range(3)]
+
+            async def read_all(stream: aiobus.connection.EventStream) -> list[Event]:
+                return [event async for event in stream]
+
+            readers = [asyncio.create_task(read_all(s)) for s in streams]
+            getter = asyncio.create_task(sub.get())
+            proxy.refuse()
+            proxy.cut()
+            async with asyncio.timeout(20):
+                seen = await asyncio.gather(*readers)
+            for events in seen:
+                assert events[-1].state is State.CLOSED
+            with pytest.raises(aiobus.ConnectionClosed, match="gave up after 2"):
+                await getter
+            with pytest.raises(aiobus.ConnectionClosed, match="gave up"):
+                bus.publish(net.topic, b"late", **net.publish_options)
+    assert not other_tasks()

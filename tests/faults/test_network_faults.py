@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 import tracemalloc
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,17 +16,6 @@ from aiobus.testing import FaultProxy
 from aiobus.transports.base import Link
 from tests.faults.targets import NET_TARGETS, NetTarget
 from tests.helpers import other_tasks, wait_for_state
-
-
-@pytest.fixture(params=list(NET_TARGETS))
-async def net(request: pytest.FixtureRequest) -> NetTarget:
-    return await NET_TARGETS[request.param](request)
-
-
-@pytest.fixture
-async def proxy(net: NetTarget) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy(*net.host_port) as p:
-        yield p
 
 
 async def drain(sub: aiobus.Subscription, count: int, timeout: float = 20) -> list[str]:
