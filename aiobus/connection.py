@@ -170,13 +170,15 @@ class Connection:
         if outbox is not None and outbox.pending and self._live_link() is not None:
             await deadline.run(outbox.flush())
         consumers = [sub for sub in self._subs if sub._attachment.consumer is not None]
-        if consumers and self._live_link() is not None:
+        cancels = [self._cancel_consumer(s, connection_closing=True) for s in consumers]
+        if (cancels or self._background) and self._live_link() is not None:
+            # Also the cancels of subscriptions that left before the close.
             await deadline.run(
-                asyncio.gather(
-                    *(self._cancel_consumer(s, connection_closing=True) for s in consumers),
-                    return_exceptions=True,
-                )
+                asyncio.gather(*cancels, *self._background, return_exceptions=True)
             )
+        else:
+            for cancel in cancels:
+                cancel.close()
 
     async def _teardown(self) -> None:
         """The end of every connection, run once in the supervisor's ``finally`` (after a
@@ -192,9 +194,10 @@ class Connection:
         self._outbox.fail_all(lambda m: copy_error(end))
         link, self._link = self._link, None
         if link is not None:
+            alive = link.hooks.alive  # a link lost a moment ago gets no polite close
             link.hooks.lost(ConnectionClosed("closed"))
             self._link_lost()
-            await self._discard(link)
+            await self._discard(link, polite=alive)
         for sub in self._subs:
             self._end_subscription(sub, end)
         self._subs.clear()
@@ -219,7 +222,10 @@ class Connection:
         return self._state is State.CONNECTED
 
     def events(self) -> EventStream:
-        """State changes, failed attempts and subscription failures, from now until closed."""
+        """Everything that happens to the connection from now on (state changes, failed
+        attempts, lost links, subscriptions re-attached or failed, ``settle_lost``,
+        ``overflow``; see ``Event``). Several tasks may read one stream; every stream ends
+        when the connection closes or gives up."""
         return self._hub.listen()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
@@ -419,7 +425,7 @@ class Connection:
         self._link = None
         self.connected_at = None
         self._link_lost()
-        await self._discard(link)
+        await self._discard(link, polite=False)
         return LostLink(error, up_since)
 
     def _give_up(self, end: BaseException, cause: BaseException) -> None:
@@ -459,11 +465,11 @@ class Connection:
             hooks.lost(exc)
             if link is not None:
                 self._link_lost()
-                await self._discard(link)
+                await self._discard(link, polite=False)
             raise
         if not hooks.alive:
             self._link_lost()
-            await self._discard(link)
+            await self._discard(link, polite=False)
             raise TransientConnectError("the link died while it was being set up")
         return link
 
@@ -549,28 +555,32 @@ class Connection:
                 attachment.move(SubscriptionState.DETACHED)
             sub._link_lost()
 
-    async def _discard(self, link: Link) -> None:
-        """Close a link within the close deadline (or ``close_timeout`` outside a close).
-        The close runs as a task so that a driver that does not give way to cancellation
-        cannot stretch the deadline: when it passes, the link is aborted instead, and the
-        close task then ends at once on the dead socket."""
+    async def _discard(self, link: Link, *, polite: bool = True) -> None:
+        """Let go of a link. ``polite``: close it within the close deadline (or
+        ``close_timeout`` outside a close) first; that is only for a live link at a close.
+        A link that was lost, or never finished opening, has nothing to wait for and is
+        aborted at once (politeness to a broker that stopped answering would only spend the
+        deadline). The polite close runs as a task, so a driver that does not give way to
+        cancellation cannot stretch the deadline: when it passes, the link is aborted
+        instead, and the close task then ends at once on the dead socket."""
         loop = asyncio.get_running_loop()
         deadline = self._deadline
         if deadline is None:
             deadline = Deadline(loop, loop.time() + self.options.close_timeout)
-        closing = loop.create_task(link.close(), name="aiobus link close")
+        closing = loop.create_task(link.close(), name="aiobus link close") if polite else None
         try:
-            if not deadline.aborted:
+            if closing is not None and not deadline.aborted:
                 await deadline.run(asyncio.shield(closing))
         finally:
             await link.abort()
-            if not closing.done():
-                await asyncio.wait({closing}, timeout=ABORT_GRACE)
-                closing.cancel()
-                await asyncio.gather(closing, return_exceptions=True)
-            if not closing.cancelled() and closing.exception() is not None:
-                # The link is gone either way; say why it did not close well.
-                log.debug("aiobus: closing a link failed: %r", closing.exception())
+            if closing is not None:
+                if not closing.done():
+                    await asyncio.wait({closing}, timeout=ABORT_GRACE)
+                    closing.cancel()
+                    await asyncio.gather(closing, return_exceptions=True)
+                if not closing.cancelled() and closing.exception() is not None:
+                    # The link is gone either way; say why it did not close well.
+                    log.debug("aiobus: closing a link failed: %r", closing.exception())
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -598,8 +608,10 @@ class Connection:
         """Queue a message and return at once a future that resolves on the broker's confirm.
 
         Raises at the call (nothing queued): TypeError (body), InvalidTopic, ConfigError,
-        MessageTooLarge, BufferFull, ConnectionClosed. Through the future: Nacked,
-        Unroutable, PublishTimeout, LinkLost, ConnectionClosed.
+        InvalidMessage (MessageTooLarge among them), BufferFull, ConnectionClosed. Through
+        the future: Nacked, Unroutable, InvalidMessage (found only once encoded for the
+        link, or refused by the broker for what it is), PublishTimeout, LinkLost,
+        ConnectionClosed.
         """
         if self._state not in OPEN_STATES:
             raise self._not_open()
@@ -824,10 +836,12 @@ class Connection:
         sub._close(connection_closed=True)
 
     async def _remove_subscription(self, sub: Subscription, *, cancelled: bool = False) -> None:
-        """A subscription leaves its ``async with``. Its consumer is cancelled here, or,
-        when the leaving task is being cancelled (or is cancelled while it waits), by a task
-        of the connection's, so no broker consumer outlives it and no cancellation waits for
-        the broker. Whatever happens, the subscription ends and its readers wake."""
+        """A subscription leaves its ``async with``. Its consumer is cancelled here (so no
+        more deliveries flow to it once this returns), or, when the leaving task is being
+        cancelled (or is cancelled while it waits), by a task of the connection's, so no
+        broker consumer outlives it and no cancellation waits for the broker. A broker that
+        does not answer the cancel within ``close_timeout`` is taken as gone (see
+        ``_cancel_quietly``). Whatever happens, the subscription ends and its readers wake."""
         if sub not in self._subs:
             return  # the connection ended it already
         self._subs.remove(sub)
@@ -865,13 +879,23 @@ class Connection:
     async def _cancel_quietly(
         self, consumer: Consumer, pattern: str, *, connection_closing: bool = False
     ) -> None:
-        """Cancel a consumer within ``close_timeout`` (or the close's deadline); a failure
-        is logged, since the broker ends it with the link anyway."""
+        """Cancel a consumer within ``close_timeout``; a failure is logged, since the
+        broker ends it with the link anyway. A broker that does not answer within
+        ``close_timeout`` is taken as gone: its link is lost from here (as a missed
+        heartbeat would find later), so whatever follows, a close included, does not wait
+        on it again."""
         try:
             async with asyncio.timeout(self.options.close_timeout):
                 await consumer.cancel(connection_closing=connection_closing)
         except asyncio.CancelledError:
             raise
+        except TimeoutError:
+            consumer.hooks.lost(
+                LinkDown(
+                    f"the broker did not answer the cancel of the consumer of {pattern!r} "
+                    f"within close_timeout={self.options.close_timeout}s"
+                )
+            )
         except Exception as exc:
             log.debug("aiobus: cancelling consumer for %r failed: %r", pattern, exc)
 

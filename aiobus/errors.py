@@ -121,8 +121,10 @@ class InvalidMessage(PublishError, ValueError):
     """This message cannot be sent as it is: the protocol cannot encode one of its fields (a
     header value, a property over its size limit, a non-ASCII content type) or the broker
     refused it for what it is. Raised at ``publish()`` where the check can be made there,
-    otherwise through the message's future once the link finds out. It fails alone: the
-    link stays up and the message is never re-sent."""
+    otherwise through the message's future once the link finds out. It fails alone and is
+    never re-sent; the link stays up, except where a broker refuses by size by closing it
+    (MQTT DISCONNECT 0x95, an AMQP 0-9-1 channel closed with 406): that costs one link,
+    once, since the limit is then checked at the call."""
 
 
 class MessageTooLarge(InvalidMessage):

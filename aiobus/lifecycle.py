@@ -63,7 +63,8 @@ def next_state(state: State, trigger: Trigger) -> State:
 
 class Deadline:
     """One deadline shared by every step of a close (the flush, each consumer's cancel, the
-    link's close), so a close takes at most ``close_timeout`` however many steps it has;
+    link's close), so a close takes at most ``close_timeout`` (plus the 50 ms an aborted
+    link is given to notice its socket is gone) however many steps it has;
     ``abort()`` cuts every wait short at once (a close whose caller was cancelled)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:

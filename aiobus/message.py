@@ -165,8 +165,10 @@ class Delivery:
             try:
                 await self.ack()
                 return
-            except StaleDelivery:
-                pass  # the link died during the ack
+            except Exception:
+                if self._consumer.alive:
+                    raise  # the ack failed on a live link: that is news
+                # The link died during the ack (a driver's error, or StaleDelivery).
         self._consumer.settle_lost(self)
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
 """Subscription: an async context manager and async iterator of deliveries that outlives links.
 
 The buffer is bounded by prefetch (credit, receive maximum): the broker keeps the surplus, so
-nothing it considers delivered is ever dropped here. Several tasks may iterate one
+while the subscription is open nothing it considers delivered is dropped here. Several tasks may iterate one
 subscription at once (a worker pool): each delivery goes to exactly one of them, and all of
 them end when the subscription leaves or the connection closes (see ``aiobus.buffer``).
 """
@@ -113,10 +113,11 @@ class Subscription:
 
     # -- the consumer's side (DeliverySink) -----------------------------------------------
 
-    def push(self, delivery: Delivery) -> None:
-        # Refused (dropped here) only once the subscription has ended: the consumer was
-        # cancelled, so the broker gets the unsettled delivery back.
-        self._mailbox.push(delivery)
+    def push(self, delivery: Delivery) -> bool:
+        """Buffer a delivery; False once the subscription has ended. An unsettled delivery
+        refused then goes back to the broker with the cancelled consumer; a pre-settled one
+        (MQTT QoS 0, ``no_ack``) is gone, as it would be had the process stopped."""
+        return self._mailbox.push(delivery)
 
     @property
     def room(self) -> int:
@@ -156,9 +157,10 @@ class Subscription:
         self._mailbox.fail(error)
 
     def _close(self, connection_closed: bool) -> None:
-        """Left (or the connection closed): the buffer is dropped, since its unsettled
-        deliveries go back to the broker with the consumer, and every reader ends, with
-        ``StopAsyncIteration``, or ``ConnectionClosed`` when the connection closed."""
+        """Left (or the connection closed): the buffer is dropped (its unsettled deliveries
+        go back to the broker with the consumer; pre-settled ones are gone) and every reader
+        ends, with ``StopAsyncIteration``, or ``ConnectionClosed`` when the connection
+        closed."""
         self.consumer = None
         mailbox = self._mailbox
         mailbox.on_space(None)

@@ -63,7 +63,9 @@ class DeliverySink(Protocol):
 
     capacity: int
 
-    def push(self, delivery: Delivery) -> None: ...
+    def push(self, delivery: Delivery) -> bool:
+        """Buffer a delivery; False (not kept) once the subscription has ended."""
+        ...
 
     @property
     def room(self) -> int: ...
@@ -182,6 +184,11 @@ class Consumer(ABC):
     @property
     def alive(self) -> bool:
         return self._hooks.alive and not self.cancelled
+
+    @property
+    def hooks(self) -> LinkHooks:
+        """The hooks of the link this consumer is attached on."""
+        return self._hooks
 
     def settle_lost(self, delivery: Delivery) -> None:
         self._hooks.settle_lost(delivery)

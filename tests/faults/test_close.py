@@ -29,15 +29,41 @@ def subscription_options(net: NetTarget, i: int) -> dict[str, Any]:
     return options
 
 
+async def test_leaving_nested_subscriptions_on_a_black_holed_link_takes_one_close_timeout(
+    net: NetTarget, proxy: FaultProxy
+) -> None:
+    """The usual shape: ten subscriptions nested in ``async with connect()``, publishes in
+    flight, the link black-holed; leaving all of it takes one ``close_timeout``."""
+    loop = asyncio.get_running_loop()
+    async with aiobus.connect(
+        proxy.rewrite(net.url), close_timeout=CLOSE_TIMEOUT, heartbeat=30, **net.connect_options
+    ) as bus:
+        async with AsyncExitStack() as subs:
+            for i in range(10):
+                await subs.enter_async_context(bus.subscribe(**subscription_options(net, i)))
+            proxy.blackhole()
+            pending = [bus.publish(net.topic, b"x", **net.publish_options) for _ in range(5)]
+            started = loop.time()
+    took = loop.time() - started
+    # The first leave waits close_timeout for the broker's answer to its cancel, then takes
+    # the link as gone; the rest and the close cost only local work.
+    assert took < CLOSE_TIMEOUT + 0.25, f"leaving took {took:.3f}s"
+    assert bus.state is State.CLOSED
+    for fut in pending:
+        with pytest.raises((aiobus.ConnectionClosed, aiobus.LinkLost)):
+            await fut
+    assert not other_tasks()
+
+
 async def test_close_on_a_black_holed_link_takes_one_close_timeout(
     net: NetTarget, proxy: FaultProxy
 ) -> None:
+    """``close()`` itself with ten subscriptions open and publishes in flight: within
+    ``close_timeout`` + 100 ms (the flush, every consumer cancel and the link's close share
+    one deadline)."""
     loop = asyncio.get_running_loop()
     bus = aiobus.connect(
-        proxy.rewrite(net.url),
-        close_timeout=CLOSE_TIMEOUT,
-        heartbeat=30,
-        **net.connect_options,
+        proxy.rewrite(net.url), close_timeout=CLOSE_TIMEOUT, heartbeat=30, **net.connect_options
     )
     await bus.__aenter__()
     async with AsyncExitStack() as subs:
@@ -48,7 +74,7 @@ async def test_close_on_a_black_holed_link_takes_one_close_timeout(
         started = loop.time()
         await bus.close()
         took = loop.time() - started
-        # Subscriptions leave after their connection: nothing to do then.
+        # The subscriptions leave after their connection closed: nothing to do then.
     assert took < CLOSE_TIMEOUT + 0.1, f"close took {took:.3f}s"
     assert bus.state is State.CLOSED
     for fut in pending:
