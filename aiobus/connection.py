@@ -659,6 +659,8 @@ class Connection:
             if size > size_limit:
                 raise MessageTooLarge(size, size_limit)
         if content_type is None:
+            # After the checks: an implied type is not the caller's (MQTT 3.1.1 cannot carry
+            # one and drops it); where it counts in an exact size, ``encode`` checks again.
             msg.content_type = implied_type
         if outbox.pending >= outbox.max_buffered:
             raise BufferFull(

@@ -1,9 +1,10 @@
 """Subscription: an async context manager and async iterator of deliveries that outlives links.
 
 The buffer is bounded by prefetch (credit, receive maximum): the broker keeps the surplus, so
-while the subscription is open nothing it considers delivered is dropped here. Several tasks may iterate one
-subscription at once (a worker pool): each delivery goes to exactly one of them, and all of
-them end when the subscription leaves or the connection closes (see ``aiobus.buffer``).
+while the subscription is open nothing it considers delivered is dropped here. Several tasks
+may iterate one subscription at once (a worker pool): each delivery goes to exactly one of
+them, and all of them end when the subscription leaves or the connection closes (see
+``aiobus.buffer``).
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import ssl
+import struct
 from collections.abc import Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,14 +25,28 @@ import aio_pika
 import aiormq
 import aiormq.exceptions as amqp_errors
 from aiormq.abc import ChannelFrame
+from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from pamqp import commands as spec
+from pamqp import encode as pamqp_encode
 from pamqp.common import FieldTable
 from pamqp.header import ContentHeader
 
 from ..amqp import Binding, Exchange, Queue
+from ..connect_errors import (
+    explain,
+    fail,
+    foreign_protocol,
+    may_be_foreign,
+    note_step,
+    raise_from,
+    socket_error,
+)
 from ..errors import (
     AuthenticationError,
     ConfigError,
+    ConnectError,
+    ConnectPhase,
+    InvalidMessage,
     LinkDown,
     MessageTooLarge,
     Nacked,
@@ -86,25 +103,74 @@ def _has_frame_api(channel: Any) -> bool:
     )
 
 
-def map_connect_error(exc: BaseException) -> BaseException:
-    """The driver's errors, sorted once: permanent ones are not retried at first connect."""
+def map_connect_error(
+    exc: BaseException, host: str, endpoint: str, *, tls: bool, vhost: str
+) -> BaseException:
+    """The driver's errors, sorted once, each with its phase and endpoint: permanent ones are
+    not retried at first connect."""
+    cause = exc.__cause__
+    # aiormq wraps what opening the socket raised with the same args.
+    opening = isinstance(cause, OSError) and exc.args == cause.args
+    if isinstance(exc, amqp_errors.AMQPConnectionError) and opening:
+        assert isinstance(cause, OSError)
+        return socket_error(cause, host, endpoint, tls=tls)
+    if isinstance(exc, OSError) and not isinstance(exc, amqp_errors.AMQPError):
+        return socket_error(exc, host, endpoint, tls=tls)
     if isinstance(exc, amqp_errors.ProtocolSyntaxError) and "protocol header" in str(exc):
-        return ProtocolMismatch(
-            "the server answered with another AMQP protocol header; for AMQP 1.0 endpoints "
-            "use an amqp1:// (or amqp1s://) URL"
+        return fail(
+            ProtocolMismatch,
+            ConnectPhase.HEADER,
+            endpoint,
+            "the server answered with another AMQP protocol header (AMQP 1.0)",
+            fix="for AMQP 1.0 endpoints use an amqp1:// (or amqp1s://) URL",
         )
     if isinstance(exc, (amqp_errors.AuthenticationError, amqp_errors.ProbableAuthenticationError)):
-        return AuthenticationError(f"the broker refused the credentials: {exc}")
-    if isinstance(exc, amqp_errors.ConnectionNotAllowed):
-        return PermanentConnectError(
-            f"the broker refused access (unknown vhost or no permission): {exc}"
+        return fail(
+            AuthenticationError,
+            ConnectPhase.AUTH,
+            endpoint,
+            f"the broker refused the credentials: {explain(exc)}",
         )
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(exc, amqp_errors.ConnectionNotAllowed) or _closed_at_open(exc):
+        return fail(
+            PermanentConnectError,
+            ConnectPhase.OPEN,
+            endpoint,
+            f"the broker refused to open virtual host {vhost!r}: "
+            + (
+                "it answered Connection.Open with Connection.Close (aiormq drops its reason)"
+                if _closed_at_open(exc)
+                else _reply_text(exc)
+            ),
+            fix="the vhost does not exist or the user has no permission on it: fix the URL's "
+            "path (URL-encoded, '/' is %2F) or create the vhost and grant access",
+        )
     if isinstance(cause, ssl.SSLCertVerificationError):
-        return PermanentConnectError(f"TLS verification failed: {cause}")
-    if isinstance(exc, (OSError, TimeoutError, amqp_errors.AMQPConnectionError, EOFError)):
-        return TransientConnectError(f"{type(exc).__name__}: {exc}")
+        return socket_error(cause, host, endpoint, tls=tls)
+    if isinstance(exc, (amqp_errors.AMQPConnectionError, EOFError, ConnectionError)):
+        # The link died before the broker answered the protocol (or right after).
+        return fail(TransientConnectError, ConnectPhase.HEADER, endpoint, explain(exc))
+    if isinstance(exc, amqp_errors.InvalidFrameError):
+        return fail(TransientConnectError, ConnectPhase.HEADER, endpoint, explain(exc))
+    if isinstance(exc, TimeoutError):
+        return fail(
+            TransientConnectError,
+            ConnectPhase.HEADER,
+            endpoint,
+            f"no answer within connect_timeout ({explain(exc)})",
+        )
     return exc
+
+
+def _closed_at_open(exc: BaseException) -> bool:
+    """aiormq's answer when the broker closes the connection instead of Connection.OpenOk
+    (an unknown vhost, no permission): an InvalidFrameError naming both frames."""
+    text = str(exc)
+    return (
+        isinstance(exc, amqp_errors.InvalidFrameError)
+        and "Connection.OpenOk" in text
+        and "Connection.Close" in text
+    )
 
 
 class Amqp091Consumer(Consumer):
@@ -226,6 +292,39 @@ def _ignore_result(task: asyncio.Task[Any]) -> None:
         task.exception()  # a failed ack on a dying link is the link's news, not this task's
 
 
+class StreamKeeper(TransportFactory):
+    """aiormq's own TCP or TLS factory, keeping the stream it opens so that ``abort()`` can
+    cut the socket at once (aiormq's close waits for the broker's Close-Ok otherwise)."""
+
+    def __init__(self, tls: bool) -> None:
+        self._inner = TLSTransportFactory() if tls else TCPTransportFactory()
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def create(
+        self, url: Any, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await self._inner.create(url, **kwargs)
+        self._writer = writer
+        return reader, writer
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.transport.abort()
+
+
+_stream_keeper: ContextVar[StreamKeeper] = ContextVar("aiobus_amqp091_stream_keeper")
+
+
+class KeptStreamConnection(aio_pika.Connection):
+    """aio-pika's connection, handing aiormq the link's ``StreamKeeper`` as its
+    ``transport_factory`` (aio-pika passes only the keyword arguments it knows; its
+    ``connection_class`` hook and ``kwargs`` are how it is extended)."""
+
+    async def connect(self, timeout: Any = None) -> None:
+        self.kwargs["transport_factory"] = _stream_keeper.get()
+        await super().connect(timeout)
+
+
 class Amqp091Link(Link):
     protocol: ClassVar[str] = "amqp091"
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -256,6 +355,8 @@ class Amqp091Link(Link):
         self._consumers: list[Amqp091Consumer] = []
         self._publishing: set[asyncio.Task[None]] = set()
         self._fast = False
+        self._stream = StreamKeeper(settings.tls)
+        self._closed_connection: aio_pika.abc.AbstractConnection | None = None
 
     # -- checks at the call -----------------------------------------------------------------
 
@@ -275,6 +376,9 @@ class Amqp091Link(Link):
             raise ConfigError(f"exchange must be a str, got {type(msg.exchange).__name__}")
         if len(msg.body) > opts.max_message_size:
             raise MessageTooLarge(len(msg.body), opts.max_message_size)
+        check_short_strings(msg)
+        if msg.headers:
+            check_headers(msg.headers)
 
     @classmethod
     def check_subscribe(cls, settings: Settings, spec_: SubscriptionSpec) -> None:
@@ -301,18 +405,24 @@ class Amqp091Link(Link):
         creds = self.credentials
         assert self.endpoint is not None
         try:
-            self.connection = await aio_pika.connect(
-                host=self.endpoint.host,
-                port=self.endpoint.port,
-                login=creds.username if creds else "guest",
-                password=(creds.password or "") if creds else "guest",
-                virtualhost=settings.path,
-                ssl=settings.tls,
-                ssl_context=context,
-                timeout=opts.connect_timeout,
-                heartbeat=_heartbeat_to_negotiate(opts.heartbeat),
-                client_properties={"connection_name": "aiobus"},
-            )
+            token = _stream_keeper.set(self._stream)
+            try:
+                connection = await aio_pika.connect(
+                    connection_class=KeptStreamConnection,
+                    host=self.endpoint.host,
+                    port=self.endpoint.port,
+                    login=creds.username if creds else "guest",
+                    password=(creds.reveal_password() or "") if creds else "guest",
+                    virtualhost=settings.path,
+                    ssl=settings.tls,
+                    ssl_context=context,
+                    timeout=opts.connect_timeout,
+                    heartbeat=_heartbeat_to_negotiate(opts.heartbeat),
+                    client_properties={"connection_name": "aiobus"},
+                )
+            finally:
+                _stream_keeper.reset(token)
+            self.connection = connection
             self.connection.close_callbacks.add(self._on_connection_closed)
             self._publish_channel = await self.connection.channel(
                 publisher_confirms=True, on_return_raises=True
@@ -320,27 +430,55 @@ class Amqp091Link(Link):
             self._publish_channel.close_callbacks.add(self._on_publish_channel_closed)
             self._raw_publish = await self._publish_channel.get_underlay_channel()
             self._fast = self.fast_publish and _has_frame_api(self._raw_publish)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            note_step(exc, ConnectPhase.HEADER, str(self.endpoint))
             await self.close()
             raise
         except Exception as exc:
             await self.close()
-            mapped = map_connect_error(exc)
+            mapped = map_connect_error(
+                exc, self.endpoint.host, str(self.endpoint), tls=settings.tls, vhost=settings.path
+            )
+            if isinstance(mapped, ConnectError) and may_be_foreign(mapped):
+                mapped = await foreign_protocol(
+                    "amqp091",
+                    settings.tls,
+                    self.endpoint.host,
+                    self.endpoint.port,
+                    mapped,
+                    context=context,
+                    server_hostname=self.endpoint.host,
+                )
             if mapped is exc:
                 raise
+            if isinstance(mapped, ConnectError):
+                raise raise_from(mapped, exc)  # noqa: B904 (a cause with text, never empty)
             raise mapped from exc
 
     def _on_connection_closed(self, _: Any, exc: BaseException | None) -> None:
         self.hooks.lost(exc if exc is not None else LinkDown("connection closed"))
 
     def _on_publish_channel_closed(self, _: Any, exc: BaseException | None) -> None:
-        # The broker closed the channel (a publish to an exchange deleted meanwhile, say):
-        # the confirms of whatever was in flight are gone, so the link starts over.
-        self.hooks.lost(LinkDown(f"the broker closed the publish channel: {exc}"))
+        # The broker closed the channel (a publish to an exchange deleted meanwhile, or a
+        # message over its size limit): the confirms of whatever was in flight are gone, so
+        # the link starts over.
+        self._publish_channel_died(exc)
+
+    async def abort(self) -> None:
+        """Cut the socket at once (aio-pika has no abort of its own), then let aiormq's
+        close run: on a dead socket it ends at once, and with it every task it made."""
+        self.hooks.lost(LinkDown("aborted"))
+        self._stream.abort()
+        connection = self.connection or self._closed_connection
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await connection.close()
 
     async def close(self) -> None:
         self.hooks.lost(LinkDown("closed"))
         connection, self.connection = self.connection, None
+        self._closed_connection = connection
         # Outcomes of a closed link no longer count (the core re-sends or fails them).
         for task in list(self._publishing):
             task.cancel()
@@ -356,10 +494,39 @@ class Amqp091Link(Link):
 
     # -- publishing -------------------------------------------------------------------------
 
+    def encode(self, msg: Outgoing) -> None:
+        """Marshal the message for this link's publish channel: a property or header the codec
+        refuses fails this message alone. Delivery tags and confirmations are the write's
+        (``publish``), so nothing here touches the channel."""
+        size = len(msg.body)
+        limit = self.hooks.size_limit
+        if limit is not None and size > limit:
+            raise MessageTooLarge(size, limit)
+        channel: Any = self._raw_publish
+        if channel is None:
+            raise LinkDown("the publish channel is not open")
+        properties = self._properties(msg, datetime.now(UTC))
+        mandatory = self.opts.mandatory if msg.mandatory is None else msg.mandatory
+        if self._fast:
+            exchange = msg.exchange if msg.exchange is not None else self.opts.exchange
+            frames = [
+                spec.Basic.Publish(exchange=exchange, routing_key=msg.topic, mandatory=mandatory),
+                ContentHeader(properties=properties, body_size=size),
+                *channel._split_body(msg.body),
+            ]
+            msg.wire = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
+        else:
+            if msg.headers:
+                # aiormq marshals inside its publish task; a trial here keeps a refused
+                # header out of that task (headers are the one property checked loosely).
+                ContentHeader(properties=properties, body_size=size).marshal()
+            msg.wire = (properties, mandatory)
+
     async def publish(self, batch: Sequence[Outgoing]) -> None:
         default_exchange = self.opts.exchange
+        known = self._known_exchanges
         unknown = {m.exchange if m.exchange is not None else default_exchange for m in batch}
-        unknown -= self._known_exchanges
+        unknown -= known
         for name in unknown:
             await self._check_exchange(name)
         channel = self._raw_publish
@@ -367,25 +534,24 @@ class Amqp091Link(Link):
         if channel.is_closed:
             raise LinkDown("the publish channel is closed")
         fast = self._fast
-        timestamp = datetime.now(UTC)
         loop = self._loop
         for msg in batch:
             exchange = msg.exchange if msg.exchange is not None else default_exchange
-            if exchange not in self._known_exchanges:
+            if exchange not in known:
                 self.hooks.failed(
                     msg, Unroutable(f"exchange {exchange!r} does not exist", code=404)
                 )
                 continue
-            properties = self._properties(msg, timestamp)
-            mandatory = self.opts.mandatory if msg.mandatory is None else msg.mandatory
+            wire, msg.wire = msg.wire, None  # written once; a re-send encodes again
             if fast:
-                frame = self._publish_frame(channel, msg, exchange, properties, mandatory)
+                self._track(channel, msg)
                 queue: asyncio.Queue[ChannelFrame] = channel.write_queue  # type: ignore[attr-defined]
                 if queue.full():
-                    await queue.put(frame)  # aiormq's writer is behind: wait, as TCP would
+                    await queue.put(wire)  # aiormq's writer is behind: wait, as TCP would
                 else:
-                    queue.put_nowait(frame)
+                    queue.put_nowait(wire)
             else:
+                properties, mandatory = wire
                 task = loop.create_task(
                     self._publish_one(channel, msg, exchange, properties, mandatory)
                 )
@@ -410,30 +576,17 @@ class Amqp091Link(Link):
             timestamp=timestamp,
         )
 
-    def _publish_frame(
-        self,
-        channel: Any,
-        msg: Outgoing,
-        exchange: str,
-        properties: spec.Basic.Properties,
-        mandatory: bool,
-    ) -> ChannelFrame:
-        """What aiormq's ``basic_publish`` does, minus its per-call task, lock and timeout.
-        Only the pump publishes on this channel, one batch at a time, so delivery tags follow
-        the order the frames are queued in."""
+    def _track(self, channel: Any, msg: Outgoing) -> None:
+        """The bookkeeping of aiormq's ``basic_publish``, minus its per-call task, lock and
+        timeout, for a frame written next. Only the pump publishes on this channel, one batch
+        at a time, so delivery tags follow the order the frames are queued in."""
         channel.delivery_tag += 1
         tag = channel.delivery_tag
         confirmation = channel.create_future()  # failed by aiormq when the channel closes
         channel.confirmations[tag] = confirmation
         # aiormq matches a basic.return to its publish by message id.
         channel.message_id_delivery_tag[msg.message_id] = tag
-        frames = [
-            spec.Basic.Publish(exchange=exchange, routing_key=msg.topic, mandatory=mandatory),
-            ContentHeader(properties=properties, body_size=len(msg.body)),
-            *channel._split_body(msg.body),
-        ]
         confirmation.add_done_callback(partial(self._confirmed, channel, msg, tag))
-        return ChannelFrame.marshall(channel_number=channel.number, frames=frames)
 
     def _confirmed(
         self, channel: Any, msg: Outgoing, tag: int, confirmation: asyncio.Future[Any]
@@ -441,7 +594,7 @@ class Amqp091Link(Link):
         if channel.message_id_delivery_tag.get(msg.message_id) == tag:
             del channel.message_id_delivery_tag[msg.message_id]
         if confirmation.cancelled():
-            self.hooks.lost(LinkDown("the publish channel closed"))
+            self._publish_channel_died(None)
             return
         exc = confirmation.exception()
         if exc is None:
@@ -450,6 +603,9 @@ class Amqp091Link(Link):
             self._publish_failed(msg, exc)
 
     def _publish_failed(self, msg: Outgoing, exc: BaseException) -> None:
+        """Every way a publish can end badly, sorted at one place: the broker's answer about
+        this message, the channel or connection dying under it, or (slow path) the codec
+        refusing it inside aiormq."""
         if isinstance(exc, amqp_errors.PublishError):
             frame = exc.frame
             self.hooks.failed(
@@ -460,10 +616,38 @@ class Amqp091Link(Link):
             )
         elif isinstance(exc, amqp_errors.DeliveryError):
             self.hooks.failed(msg, Nacked("basic.nack: the broker refused the message"))
-        else:
+        elif isinstance(exc, _WIRE_ERRORS):
             # The channel or connection died under the publish: the core re-sends it on the
             # next link (or fails it, by outage policy).
-            self.hooks.lost(LinkDown(f"publish interrupted: {exc!r}"))
+            self._publish_channel_died(exc)
+        else:
+            self.hooks.failed(msg, refused_by_codec(msg, exc))
+
+    def _publish_channel_died(self, exc: BaseException | None) -> None:
+        """The publish channel is gone. Closed with 406 for a message over the broker's
+        ``max_message_size`` (the text names the limit, not the message): the in-flight
+        messages over it fail alone with ``MessageTooLarge`` first; the rest follow the
+        outage policy when the link is reported lost."""
+        reason = self._close_reason()
+        if reason is not None:
+            exc = reason  # why the broker closed it, rather than "closed" from a later call
+        limit = size_refused(exc) if exc is not None else None
+        hooks = self.hooks
+        if limit is not None:
+            for msg in hooks.in_flight():
+                size = len(msg.body)
+                if size > limit:
+                    hooks.too_large(msg, size, limit)
+        why = f"the broker closed the publish channel: {exc}" if exc else "publish channel closed"
+        hooks.lost(LinkDown(why))
+
+    def _close_reason(self) -> BaseException | None:
+        """Why the publish channel closed (the broker's Channel.Close), once it has."""
+        channel = self._raw_publish
+        if channel is None or not channel.is_closed:
+            return None
+        closing = channel.closing  # done: aiormq's own record of the close
+        return None if closing.cancelled() else closing.exception()
 
     async def _check_exchange(self, name: str) -> None:
         """Publishing to a missing exchange closes the channel (404); a passive declare on a
@@ -498,7 +682,13 @@ class Amqp091Link(Link):
                 properties=properties,
                 mandatory=mandatory,
             )
-        except (amqp_errors.AMQPError, ConnectionError, RuntimeError) as exc:
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # close(): the core re-sends or fails what was in flight
+            self._publish_channel_died(None)  # aiormq cancelled it: its channel closed
+            return
+        except Exception as exc:  # every outcome is sorted by _publish_failed, none escapes
             self._publish_failed(msg, exc)
             return
         self.hooks.settled(msg, getattr(result, "delivery_tag", None))
@@ -629,3 +819,59 @@ def _reply_text(exc: BaseException) -> str:
         if text:
             return str(text)
     return str(exc)
+
+
+#: What ends a publish because the channel or connection under it ended, not the message.
+_WIRE_ERRORS = (amqp_errors.AMQPError, ConnectionError, OSError, EOFError, RuntimeError)
+
+#: RabbitMQ's text when it closes a channel for a message over ``max_message_size``.
+_SIZE_REFUSAL = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
+
+#: What pamqp raises for a value it cannot encode.
+_CODEC_ERRORS = (TypeError, ValueError, OverflowError, struct.error)
+
+_SHORT_STRINGS = ("content_type", "message_id", "correlation_id", "reply_to")
+
+
+def size_refused(exc: BaseException) -> int | None:
+    """The limit RabbitMQ states when it closes a channel with 406 for a message's size."""
+    found = _SIZE_REFUSAL.search(f"{_reply_text(exc)} {exc}")
+    return int(found.group(2)) if found else None
+
+
+def refused_by_codec(msg: Outgoing, exc: BaseException) -> InvalidMessage:
+    error = InvalidMessage(
+        f"message {msg.message_id} to {msg.topic!r} cannot be sent over AMQP 0-9-1: "
+        f"{type(exc).__name__}: {exc}"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def check_short_strings(msg: Outgoing) -> None:
+    """The properties AMQP 0-9-1 carries as short strings: str of at most 255 UTF-8 bytes."""
+    for name in _SHORT_STRINGS:
+        text = getattr(msg, name)
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise InvalidMessage(f"{name} must be a str, got {type(text).__name__}")
+        # A character is at most 4 UTF-8 bytes: only a long text needs encoding to know.
+        if len(text) > 63 and len(text.encode(errors="replace")) > 255:
+            raise InvalidMessage(
+                f"{name} is {len(text.encode(errors='replace'))} bytes in UTF-8; AMQP 0-9-1 "
+                "carries at most 255"
+            )
+
+
+def check_headers(headers: dict[str, Any]) -> None:
+    """Trial-encode the headers table at the call: what the codec refuses is the caller's to
+    change, and is named here rather than failing later on the link."""
+    try:
+        pamqp_encode.field_table(headers)
+    except _CODEC_ERRORS as exc:
+        raise InvalidMessage(
+            f"AMQP 0-9-1 cannot encode the headers ({exc}); header values may be str, int "
+            "(64-bit), float, bool, None, datetime, bytearray, Decimal (at most 9 digits), "
+            "and lists or dicts of these"
+        ) from exc

@@ -140,6 +140,8 @@ class MemoryConsumer(Consumer):
 
 class MemoryLink(Link):
     protocol: ClassVar[str] = "memory"
+    #: Messages are handed over as Python objects: nothing to encode, nothing a codec refuses.
+    encodes: ClassVar[bool] = False
     capabilities: ClassVar[Capabilities] = Capabilities(
         nack=True,
         unroutable=True,
@@ -212,11 +214,15 @@ class MemoryLink(Link):
         if broker.credentials is not None:
             given = None
             if self.credentials is not None:
-                given = (self.credentials.username, self.credentials.password)
+                given = (self.credentials.username, self.credentials.reveal_password())
             if given != broker.credentials:
                 raise AuthenticationError(f"memory broker {broker.name!r} refused the credentials")
         broker.connects += 1
         broker.links.add(self)
+
+    async def abort(self) -> None:
+        self.hooks.lost(LinkDown("aborted"))
+        self._teardown()
 
     async def close(self) -> None:
         self.hooks.lost(LinkDown("closed"))
@@ -284,6 +290,9 @@ class MemoryLink(Link):
 
     async def attach(self, spec: SubscriptionSpec, sink: DeliverySink) -> Consumer:
         broker = self.broker
+        await broker._pass_attach_gate()
+        if not self.hooks.alive:
+            raise LinkDown("the memory link died while attaching")
         pattern = spec.pattern
         queue_name = spec.queue
         if self.syntax == "mqtt" and pattern.startswith("$share/"):

@@ -237,11 +237,12 @@ class RecordingLink(Link):
         RecordingLink.live.append(self)
 
     async def abort(self) -> None:
-        pass
-
-    async def close(self) -> None:
+        # Every link ends here (a lost one is aborted, a closed one aborted after its close).
         if self in RecordingLink.live:
             RecordingLink.live.remove(self)
+
+    async def close(self) -> None:
+        pass
 
     async def publish(self, batch: Sequence[Any]) -> None:
         for msg in batch:
