@@ -42,7 +42,7 @@ from .publishing import Outbox, Outgoing, PublishFuture
 from .subscription import Subscription
 from .tls import warn_if_unverified
 from .transports import adapter_for
-from .transports.base import Consumer, Link, LinkHooks, SubscriptionSpec
+from .transports.base import CancelReason, Consumer, Link, LinkHooks, SubscriptionSpec
 from .url import Endpoint, Settings
 
 log = logging.getLogger("aiobus")
@@ -70,6 +70,8 @@ class Connection:
         self._link: Link | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        #: ``close(end_session=True)``: the link's polite close ends the broker's session.
+        self._end_session = False
         self._deadline: Deadline | None = None
         #: What every waiter is told once the connection has ended (closed or gave up).
         self._end_error: BaseException = ConnectionClosed("the connection was closed")
@@ -122,9 +124,13 @@ class Connection:
     ) -> None:
         await self.close(graceful=exc_type is not asyncio.CancelledError)
 
-    async def close(self, graceful: bool = True) -> None:
+    async def close(self, graceful: bool = True, *, end_session: bool = False) -> None:
         """Stop taking publishes, wait for outstanding confirms, detach consumers, close the
         link: all within one ``close_timeout``. Idempotent: a second call waits for the first.
+
+        ``end_session``: also end what the broker keeps for this client beyond the
+        connection (an MQTT persistent session: its subscriptions and the messages queued or
+        unacked in it) instead of keeping it for the next connection; it needs a live link.
 
         Safe under cancellation: if the caller is cancelled (an outer timeout, a failing
         TaskGroup sibling), the close turns abortive (no more waiting for the broker) and
@@ -134,6 +140,8 @@ class Connection:
             self._fire(Trigger.CLOSE)
             self._fire(Trigger.TORN_DOWN)
             return
+        if end_session:
+            self._end_session = True  # also asked by a second call while the first runs
         closer = self._closer
         if closer is None:
             closer = self._closer = asyncio.get_running_loop().create_task(
@@ -170,7 +178,7 @@ class Connection:
         if outbox is not None and outbox.pending and self._live_link() is not None:
             await deadline.run(outbox.flush())
         consumers = [sub for sub in self._subs if sub._attachment.consumer is not None]
-        cancels = [self._cancel_consumer(s, connection_closing=True) for s in consumers]
+        cancels = [self._cancel_consumer(s, reason="closing") for s in consumers]
         if (cancels or self._background) and self._live_link() is not None:
             # Also the cancels of subscriptions that left before the close.
             await deadline.run(
@@ -293,6 +301,14 @@ class Connection:
         """
         link = self._live_link()
         return link.raw if link is not None else None
+
+    @property
+    def client_id(self) -> str | None:
+        """The identity the broker knows this connection by, where the protocol has one
+        (MQTT: the client id given, generated, or assigned by the broker), once a link has
+        been up; None otherwise. The same across reconnects."""
+        link = self._link
+        return link.client_id if link is not None else None
 
     def _not_open(self) -> ConnectionClosed:
         url = self.settings.redacted_url()
@@ -518,7 +534,7 @@ class Connection:
                 self._consumer_lost(sub, ended)
             return
         # Left meanwhile (closing), or the link died (detached): it serves no one.
-        await self._cancel_quietly(consumer, sub.pattern)
+        await self._cancel_quietly(consumer, sub.pattern, reason="leave")
 
     async def _pump(self, link: Link) -> None:
         outbox = self._outbox
@@ -567,6 +583,8 @@ class Connection:
         deadline = self._deadline
         if deadline is None:
             deadline = Deadline(loop, loop.time() + self.options.close_timeout)
+        if polite and self._end_session:
+            link.end_session()
         closing = loop.create_task(link.close(), name="aiobus link close") if polite else None
         try:
             if closing is not None and not deadline.aborted:
@@ -837,7 +855,9 @@ class Connection:
             sub._fail(copy_error(error))
         sub._close(connection_closed=True)
 
-    async def _remove_subscription(self, sub: Subscription, *, cancelled: bool = False) -> None:
+    async def _remove_subscription(
+        self, sub: Subscription, *, cancelled: bool = False, unsubscribe: bool = False
+    ) -> None:
         """A subscription leaves its ``async with``. Its consumer is cancelled here (so no
         more deliveries flow to it once this returns), or, when the leaving task is being
         cancelled (or is cancelled while it waits), by a task of the connection's, so no
@@ -853,33 +873,35 @@ class Connection:
         sub.consumer = None
         try:
             if consumer is not None and consumer.alive:
+                reason: CancelReason = (
+                    "unsubscribe" if unsubscribe else "cancelled" if cancelled else "leave"
+                )
                 if cancelled:
-                    self._hand_over_cancel(consumer, sub.pattern)
+                    self._hand_over_cancel(consumer, sub.pattern, reason)
                 else:
                     try:
-                        await self._cancel_quietly(consumer, sub.pattern)
+                        await self._cancel_quietly(consumer, sub.pattern, reason=reason)
                     except asyncio.CancelledError:
-                        self._hand_over_cancel(consumer, sub.pattern)
+                        self._hand_over_cancel(consumer, sub.pattern, reason)
                         raise
         finally:
             attachment.move(SubscriptionState.CLOSED)
             sub._close(connection_closed=False)
 
-    def _hand_over_cancel(self, consumer: Consumer, pattern: str) -> None:
+    def _hand_over_cancel(self, consumer: Consumer, pattern: str, reason: CancelReason) -> None:
         if self._state in OPEN_STATES and not consumer.cancelled:
             self._in_background(
-                self._cancel_quietly(consumer, pattern), f"aiobus cancel consumer {pattern}"
+                self._cancel_quietly(consumer, pattern, reason=reason),
+                f"aiobus cancel consumer {pattern}",
             )
 
-    async def _cancel_consumer(
-        self, sub: Subscription, *, connection_closing: bool = False
-    ) -> None:
+    async def _cancel_consumer(self, sub: Subscription, *, reason: CancelReason) -> None:
         consumer = sub._attachment.consumer
         if consumer is not None and consumer.alive:
-            await self._cancel_quietly(consumer, sub.pattern, connection_closing=connection_closing)
+            await self._cancel_quietly(consumer, sub.pattern, reason=reason)
 
     async def _cancel_quietly(
-        self, consumer: Consumer, pattern: str, *, connection_closing: bool = False
+        self, consumer: Consumer, pattern: str, *, reason: CancelReason
     ) -> None:
         """Cancel a consumer within ``close_timeout``; a failure is logged, since the
         broker ends it with the link anyway. A broker that does not answer within
@@ -888,7 +910,7 @@ class Connection:
         on it again."""
         try:
             async with asyncio.timeout(self.options.close_timeout):
-                await consumer.cancel(connection_closing=connection_closing)
+                await consumer.cancel(reason=reason)
         except asyncio.CancelledError:
             raise
         except TimeoutError:

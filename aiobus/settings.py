@@ -96,7 +96,8 @@ class MqttOptions(CommonOptions):
     protocol: Literal[4, 5] = 4
     """4 is MQTT 3.1.1 (its protocol level), 5 is MQTT 5."""
     client_id: str | None = None
-    """None: one is generated per connection and kept across its reconnects."""
+    """None: one is generated per connection and kept across its reconnects (a persistent
+    session, ``clean_session=False`` or ``session_expiry > 0``, needs a fixed one)."""
     qos: Literal[0, 1, 2] = 1
     """Default QoS of publishes and subscriptions."""
     clean_session: bool = True
@@ -128,6 +129,14 @@ class MqttOptions(CommonOptions):
                 raise ConfigError(f"receive_maximum must be 1-65535, got {self.receive_maximum!r}")
         if self.client_id is not None and len(self.client_id.encode()) > 65535:
             raise ConfigError("client_id is longer than 65,535 bytes")
+        if not self.client_id and (not self.clean_session or self.session_expiry):
+            # A generated id is new on every start, so the session could never be resumed.
+            given = "clean_session=False" if not self.clean_session else "session_expiry > 0"
+            raise ConfigError(
+                f"a persistent MQTT session ({given}) needs a fixed client_id: the broker "
+                "keeps the session under it, and a generated id is new on every start; "
+                "pass client_id='...' (or use a clean session)"
+            )
         if self.heartbeat > 65535:
             raise ConfigError(
                 f"heartbeat (MQTT keep-alive) must be <= 65535 s, got {self.heartbeat!r}"
@@ -170,9 +179,19 @@ class Amqp1Options(CommonOptions):
     modified_retries: int = 3
     """A ``modified`` outcome that is not undeliverable is sent again up to this many times."""
     max_message_size: int = 16 * 1024 * 1024
+    undecodable: Literal["reject", "release", "modify"] = "reject"
+    """What becomes of a received message that cannot be decoded (malformed, or nested deeper
+    than 64 levels): ``reject`` (the broker drops or dead-letters it; the reason is the
+    rejection's error description), ``release`` (back to the queue, not counted) or
+    ``modify`` (delivery-failed and undeliverable-here: counted, not for this link again).
+    Each is reported as a ``delivery_undecodable`` event."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.undecodable not in ("reject", "release", "modify"):
+            raise ConfigError(
+                f"undecodable must be 'reject', 'release' or 'modify', got {self.undecodable!r}"
+            )
         if 0 < self.heartbeat < 2:
             # proton advertises half the value; RabbitMQ 4 refuses idle time-outs under 1 s.
             raise ConfigError(

@@ -87,6 +87,13 @@ class Subscription:
         cancelled = exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
         await self._connection._remove_subscription(self, cancelled=cancelled)
 
+    async def unsubscribe(self) -> None:
+        """Leave now, and drop the broker's side as well: on MQTT the session's
+        subscription is removed (UNSUBSCRIBE), which leaving ``async with`` does not do on a
+        persistent session. Nothing is acknowledged for the application; the ``async with``
+        exit after it does nothing more."""
+        await self._connection._remove_subscription(self, unsubscribe=True)
+
     def __aiter__(self) -> Subscription:
         return self
 

@@ -60,7 +60,15 @@ from ..message import Delivery
 from ..settings import AmqpOptions, options_as
 from ..tls import client_context
 from ..topics import validate_binding_pattern, validate_routing_key
-from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
+from .base import (
+    CancelReason,
+    Capabilities,
+    Consumer,
+    DeliverySink,
+    Link,
+    LinkHooks,
+    SubscriptionSpec,
+)
 
 if TYPE_CHECKING:
     from aiormq.abc import DeliveredMessage
@@ -273,7 +281,7 @@ class Amqp091Consumer(Consumer):
         else:
             await self.raw.basic_reject(delivery.tag, requeue=False, wait=False)
 
-    async def cancel(self, *, connection_closing: bool = False) -> None:
+    async def cancel(self, *, reason: CancelReason = "leave") -> None:
         if self.cancelled:
             return
         self.cancelled = True

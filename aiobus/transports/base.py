@@ -11,7 +11,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from ..errors import ConfigError, MessageTooLarge, NotSupported
 
@@ -171,6 +171,13 @@ class LinkHooks:
             self._consumer_lost(sink, exc)
 
 
+#: Why a consumer is cancelled: its subscription left its ``async with`` (normally or by an
+#: exception), its task was cancelled, the connection is closing, or the application called
+#: ``Subscription.unsubscribe()``. An adapter may keep broker state for some of them (MQTT
+#: keeps a persistent session's subscription for every one but ``"unsubscribe"``).
+CancelReason = Literal["leave", "cancelled", "closing", "unsubscribe"]
+
+
 class Consumer(ABC):
     """A consumer attached on one link; deliveries settle through it."""
 
@@ -200,12 +207,10 @@ class Consumer(ABC):
     async def nack(self, delivery: Delivery, requeue: bool) -> None: ...
 
     @abstractmethod
-    async def cancel(self, *, connection_closing: bool = False) -> None:
-        """Stop consuming; unsettled deliveries go back to the broker.
-
-        ``connection_closing`` is True when the whole connection is closing (not just this
-        subscription leaving its ``async with``): MQTT then keeps a persistent session's
-        subscriptions instead of unsubscribing."""
+    async def cancel(self, *, reason: CancelReason) -> None:
+        """Stop consuming; unsettled deliveries go back to the broker (where the protocol
+        can give them back; nothing the application did not ack is ever acknowledged).
+        ``reason`` says why (``CancelReason``)."""
 
 
 class Link(ABC):
@@ -311,3 +316,12 @@ class Link(ABC):
     def raw(self) -> Any:
         """The driver's own connection object: outside aiobus's guarantees."""
         return None
+
+    @property
+    def client_id(self) -> str | None:
+        """The identity the broker knows this client by, where the protocol has one."""
+        return None
+
+    def end_session(self) -> None:  # noqa: B027  (most protocols keep no session)
+        """Called before a polite ``close()`` by ``Connection.close(end_session=True)``: the
+        close also ends what the broker keeps for this client beyond the connection."""

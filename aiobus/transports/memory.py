@@ -28,7 +28,15 @@ from ..topics import (
     validate_mqtt_topic,
     validate_routing_key,
 )
-from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
+from .base import (
+    CancelReason,
+    Capabilities,
+    Consumer,
+    DeliverySink,
+    Link,
+    LinkHooks,
+    SubscriptionSpec,
+)
 
 if TYPE_CHECKING:
     from ..publishing import Outgoing
@@ -110,7 +118,7 @@ class MemoryConsumer(Consumer):
             self.queue.broker.dead_lettered.append((stored, "rejected"))
         self.queue.dispatch()
 
-    async def cancel(self, *, connection_closing: bool = False) -> None:
+    async def cancel(self, *, reason: CancelReason = "leave") -> None:
         self.detach()
 
     def ended_by_broker(self, reason: str) -> None:

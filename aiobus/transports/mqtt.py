@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import logging
 import math
 import ssl
 from collections.abc import Sequence
@@ -26,9 +27,19 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from ..connect_errors import (
+    foreign_protocol,
+    may_be_foreign,
+    note_step,
+    placed,
+    raise_from,
+    socket_error,
+)
 from ..errors import (
     AuthenticationError,
     ConfigError,
+    ConnectError,
+    ConnectPhase,
     LinkDown,
     MessageTooLarge,
     Nacked,
@@ -44,14 +55,16 @@ from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, Subscri
 from .mqtt_receive import Group, Inbound, MqttConsumer
 from .mqtt_session import (
     NO_INFO,
+    WirePublish,
     delivery_fields,
     options_of,
+    persistent,
     properties,
-    publish_properties,
     reason_text,
     retrieve,
     session_for,
     sessions,
+    wire_publish,
 )
 from .mqtt_wire import AGAIN, PahoClient, _Pipe, websocket_handshake, websocket_over
 
@@ -62,7 +75,10 @@ if TYPE_CHECKING:
     from ..publishing import Outgoing
     from ..url import Endpoint, Settings
 
+log = logging.getLogger("aiobus")
+
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
+_PACKET_TOO_LARGE = 0x95  # DISCONNECT reason: a packet over the receiver's maximum
 #: Messages held while a subscription's buffer is full before the socket stops being read.
 HOLD_LIMIT = 1000
 #: Seconds after a link opens during which messages no subscription matches yet (a resumed
@@ -123,6 +139,10 @@ class MqttLink(Link):
         self._timer: asyncio.TimerHandle | None = None
         self.session_present = False
         self.closing = False
+        self._warned_kept: set[str] = set()
+        #: QoS 1 messages for filters in ``session.kept``, unacked (bounded by the broker's
+        #: in-flight window), for a subscription with that filter on this link.
+        self._set_aside: list[MQTTMessage] = []
 
     @classmethod
     def capabilities_for(cls, settings: Settings) -> Capabilities:
@@ -188,6 +208,11 @@ class MqttLink(Link):
             raise ConfigError(f"MQTT 3.1.1 cannot carry {', '.join(given)}; use protocol=5")
         limit = opts.max_message_size
         size = len(msg.body)
+        if size > limit:
+            raise MessageTooLarge(size, limit)
+        # Encoded once, here: the topic and properties do not depend on the link, and a
+        # string MQTT cannot carry is an error at the call (``Link.encode`` reuses it).
+        wire = msg.wire = wire_publish(msg, opts.protocol == 5)
         if session is not None:
             if qos > session.max_qos:
                 raise ConfigError(
@@ -198,18 +223,16 @@ class MqttLink(Link):
                 raise ConfigError(
                     "the broker does not support retained messages (CONNACK Retain Available = 0)"
                 )
-            if session.max_packet is not None:
-                # Fixed header (5) + topic (2 + n) + packet id (2) + properties: whatever is
-                # left of the broker's Maximum Packet Size is the payload's limit.
-                overhead = (
-                    9
-                    + len(msg.topic.encode())
-                    + 64
-                    + sum(len(k) + len(v) + 5 for k, v in (msg.headers or {}).items())
-                )
-                limit = min(limit, session.max_packet - overhead)
-        if size > limit:
-            raise MessageTooLarge(size, limit)
+            if session.max_packet is not None and wire.size > session.max_packet:
+                raise MessageTooLarge(wire.size, session.max_packet)
+
+    @classmethod
+    def encoded_size(cls, settings: Settings, msg: Outgoing) -> int:
+        """The whole PUBLISH packet, as the broker counts it against its maximum."""
+        wire = msg.wire
+        if not isinstance(wire, WirePublish):
+            wire = msg.wire = wire_publish(msg, _options(settings).protocol == 5)
+        return wire.size
 
     @classmethod
     def check_subscribe(cls, settings: Settings, spec: SubscriptionSpec) -> None:
@@ -240,6 +263,7 @@ class MqttLink(Link):
         host, port = self.endpoint.host, self.endpoint.port
         loop = self._loop
         ctx = client_context(self.opts) if settings.tls else None
+        endpoint = str(self.endpoint)
         try:
             transport, pipe = await loop.create_connection(
                 lambda: _Pipe(loop),
@@ -248,14 +272,12 @@ class MqttLink(Link):
                 ssl=ctx,
                 server_hostname=host if ctx is not None else None,
             )
-        except ssl.SSLCertVerificationError as exc:
-            raise PermanentConnectError(
-                f"TLS verification of {host}:{port} failed: {exc.verify_message}"
-            ) from exc
-        except ssl.SSLError as exc:
-            raise PermanentConnectError(f"TLS with {host}:{port} failed: {exc}") from exc
+        except asyncio.CancelledError as exc:
+            note_step(exc, ConnectPhase.TLS if ctx is not None else ConnectPhase.TCP, endpoint)
+            raise
         except OSError as exc:
-            raise TransientConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+            error = socket_error(exc, host, endpoint, tls=ctx is not None)
+            raise await self._connect_failed(error, exc, ctx)  # noqa: B904 (cause set inside)
         self._pipe = pipe
         pipe.on_lost = self._transport_lost
         try:
@@ -264,6 +286,14 @@ class MqttLink(Link):
                 await websocket_handshake(pipe, host, port, settings.path, settings.tls)
                 sock = websocket_over(pipe, host, port, settings.path)
             await self._mqtt_connect(sock, host, port)
+        except asyncio.CancelledError as exc:
+            transport.abort()
+            note_step(exc, ConnectPhase.HEADER, endpoint)
+            raise
+        except ConnectError as exc:
+            transport.abort()
+            error = placed(exc, ConnectPhase.HEADER, endpoint)
+            raise await self._connect_failed(error, exc, ctx)  # noqa: B904 (cause set inside)
         except BaseException:
             transport.abort()
             raise
@@ -273,6 +303,20 @@ class MqttLink(Link):
             self._timer = loop.call_later(self._keepalive / 2, self._tick)
         self._orphan_timer = loop.call_later(ORPHAN_GRACE, self._drop_orphans)
 
+    async def _connect_failed(
+        self, error: ConnectError, original: BaseException, ctx: ssl.SSLContext | None
+    ) -> ConnectError:
+        """The error for a failed attempt; one that died before the server answered is
+        checked against what the port speaks (another protocol is a ``ProtocolMismatch``)."""
+        if may_be_foreign(error):
+            assert self.endpoint is not None
+            protocol = "http" if self.settings.websocket else "mqtt"
+            host, port = self.endpoint.host, self.endpoint.port
+            error = await foreign_protocol(
+                protocol, self.settings.tls, host, port, error, context=ctx, server_hostname=host
+            )
+        return raise_from(error, original)
+
     def _drop_orphans(self) -> None:
         """Messages for subscriptions the session still has but this connection never
         subscribed again: acknowledged (dropped) so they do not hold the broker's window."""
@@ -281,18 +325,48 @@ class MqttLink(Link):
         client = self._client
         if orphans and client is not None and self.hooks.alive:
             for msg in orphans:
-                if msg.qos == 1:
+                if msg.qos == 1 and not self._kept_for_later(msg.topic):
                     client.ack(msg.mid, 1)
 
-    def _adopt_orphans(self, group: Group) -> None:
-        orphans = self._orphans
-        if not orphans:
+    def _kept_for_later(self, topic: str) -> bool:
+        """Whether a message no subscription takes is for a filter a subscription of this
+        connection left without unsubscribing on a persistent session: it is left
+        unacknowledged, for the session's next connection, instead of acked and dropped."""
+        kept = self.session.kept
+        if not kept:
+            return False
+        for topic_filter, matcher in kept.items():
+            if matcher.matches(topic):
+                self._warn_held_for_session(topic_filter)
+                return True
+        return False
+
+    def _warn_held_for_session(self, topic_filter: str) -> None:
+        # Once per filter and link: each such message holds a slot of the broker's window
+        # until the connection ends, so a long-lived connection should say so.
+        if topic_filter in self._warned_kept:
             return
-        mine = [m for m in orphans if group.matcher.matches(m.topic)]
-        if mine:
-            self._orphans = [m for m in orphans if not group.matcher.matches(m.topic)]
-            for msg in mine:
-                self._on_message(None, None, msg)
+        self._warned_kept.add(topic_filter)
+        log.warning(
+            "aiobus %s: messages for %r, which a subscription left without unsubscribe() "
+            "on a persistent session, are left unacknowledged for the session's next "
+            "connection; each holds a slot of the broker's in-flight window until this "
+            "connection ends (call Subscription.unsubscribe() if it is no longer wanted)",
+            self.settings.redacted_url(),
+            topic_filter,
+        )
+
+    def _adopt_orphans(self, group: Group) -> None:
+        """Hand a new group what came for it before it existed, in arrival order: what a
+        resumed session sent before the attach, then what was set aside for a subscription
+        with the same filter that left this connection without unsubscribing."""
+        mine: list[MQTTMessage] = []
+        if self._orphans:
+            self._orphans = _take_matching(self._orphans, group, mine)
+        if self._set_aside:
+            self._set_aside = _take_matching(self._set_aside, group, mine)
+        for msg in mine:
+            self._on_message(None, None, msg)
 
     async def _mqtt_connect(self, sock: Any, host: str, port: int) -> None:
         opts = self.opts
@@ -313,7 +387,7 @@ class MqttLink(Link):
         self._client = client
         creds = self.credentials
         if creds is not None:
-            client.username_pw_set(creds.username, creds.password)
+            client.username_pw_set(creds.username, creds.reveal_password())
         will = self.opts.will
         if will is not None:
             assert isinstance(will, Will)
@@ -369,7 +443,26 @@ class MqttLink(Link):
             session.max_qos = int(getattr(cprops, "MaximumQoS", 2))
             session.retain_available = bool(getattr(cprops, "RetainAvailable", 1))
             session.shared_available = bool(getattr(cprops, "SharedSubscriptionAvailable", 1))
+            assigned = getattr(cprops, "AssignedClientIdentifier", None)
+            if assigned and assigned != session.client_id:
+                session.client_id = str(assigned)
+                session.client_id_source = "assigned by the broker"
+        if not session.connected_once:
+            log.info(
+                "aiobus %s: MQTT client id %r (%s), %s session%s",
+                self.settings.redacted_url(),
+                session.client_id,
+                session.client_id_source,
+                "persistent" if persistent(opts) else "clean",
+                ", resumed" if self.session_present else "",
+            )
         session.connected_once = True
+
+    @property
+    def client_id(self) -> str:
+        """The client id in effect: the one given, generated, or assigned by the broker in
+        CONNACK (MQTT 5); the same on every link of the connection."""
+        return self.session.client_id
 
     # -- paho callbacks ------------------------------------------------------------------------
 
@@ -397,7 +490,35 @@ class MqttLink(Link):
             extra = getattr(properties, "ReasonString", None)
             if extra:
                 text += f": {extra}"
+        if getattr(reason, "value", None) == _PACKET_TOO_LARGE:
+            self._refused_by_size()
         self._die(LinkDown(f"the broker disconnected: {text}"))
+
+    def _refused_by_size(self) -> None:
+        """DISCONNECT 0x95 names no packet. The messages in flight over the broker's Maximum
+        Packet Size (CONNACK, or a limit learned before) fail alone. Where the broker never
+        stated one, the largest in flight is blamed once it is the largest at two refusals
+        in a row (one byte less becomes the limit): a small message that happened to be in
+        flight when an oversized QoS 0 one went out is not failed for it."""
+        hooks = self.hooks
+        sized = [(self.encoded_size(self.settings, msg), msg) for msg in hooks.in_flight()]
+        if not sized:
+            return
+        session = self.session
+        limit = session.max_packet
+        learned = hooks.size_limit
+        if learned is not None:
+            limit = learned if limit is None else min(limit, learned)
+        if limit is None:
+            largest_size, largest = max(sized, key=lambda pair: pair[0])
+            suspect, session.size_suspect = session.size_suspect, largest
+            if suspect is not largest:
+                return  # the link is lost and it is re-sent; a second refusal decides
+            limit = largest_size - 1
+        session.size_suspect = None
+        for size, msg in sized:
+            if size > limit:
+                hooks.too_large(msg, size, limit)
 
     def _on_suback(
         self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any
@@ -431,6 +552,12 @@ class MqttLink(Link):
         )
         qos = msg.qos
         if not targets or topic is None:
+            if topic is not None and qos == 1 and self._kept_for_later(topic):
+                # For a subscription that left without unsubscribing (see ``detach``):
+                # unacked, so the session's next connection gets it; kept here too, for a
+                # subscription with that filter on this connection.
+                self._set_aside.append(msg)
+                return
             if topic is not None and self._orphans is not None:
                 # A resumed session re-sends and queues messages before the core has
                 # re-attached the subscriptions: keep them for the attach that wants them.
@@ -553,7 +680,9 @@ class MqttLink(Link):
             if isinstance(exc, ssl.SSLError):
                 # E.g. TLS 1.3 alert "certificate required": the server checks the client's
                 # certificate after the handshake; retrying cannot help.
-                fut.set_exception(PermanentConnectError(f"TLS refused by the server{why}"))
+                fut.set_exception(
+                    PermanentConnectError(f"TLS refused by the server{why}", phase=ConnectPhase.TLS)
+                )
             else:
                 fut.set_exception(TransientConnectError(f"connection closed before CONNACK{why}"))
 
@@ -587,20 +716,36 @@ class MqttLink(Link):
                 session.next_mid = mid
                 return mid
 
+    def encode(self, msg: Outgoing) -> None:
+        """The PUBLISH's topic and properties were encoded at the call; here its exact size
+        meets this link's limits (CONNACK Maximum Packet Size, a limit a 0x95 taught), so a
+        packet the broker would refuse fails alone instead of being written."""
+        wire = msg.wire
+        if not isinstance(wire, WirePublish) or (
+            wire.content_type is not msg.content_type and self.v5
+        ):
+            wire = msg.wire = wire_publish(msg, self.v5)
+        limit = self.session.max_packet
+        if limit is not None and wire.size > limit:
+            raise MessageTooLarge(wire.size, limit)
+        limit = self.hooks.size_limit
+        if limit is not None and wire.size > limit:
+            raise MessageTooLarge(wire.size, limit)
+
     async def publish(self, batch: Sequence[Outgoing]) -> None:
         client, pipe = self._client, self._pipe
         if client is None or pipe is None or not self.hooks.alive:
             raise LinkDown("the MQTT link is down")
         out = self._out
-        v5 = self.v5
         resume = self.session_present
         pubrec = self.session.pubrec
         send: Any = client._send_publish
         written: list[Outgoing] = []
         for msg in batch:
             qos = msg.qos or 0
-            props = publish_properties(msg) if v5 else None
-            topic = msg.topic.encode()
+            wire: WirePublish = msg.wire
+            props = wire.properties
+            topic = wire.topic
             if qos == 0:
                 rc = send(0, topic, msg.body, 0, msg.retain, False, NO_INFO, props)
                 written.append(msg)
@@ -683,9 +828,13 @@ class MqttLink(Link):
         sub_id = self.session.next_sub_id = self.session.next_sub_id % 268_435_455 + 1
         group = Group(topic_filter, sub_id, self._loop)
         group.consumers.append(consumer)
+        self.session.kept.pop(topic_filter, None)  # subscribed again: delivered again
         # Registered before SUBSCRIBE goes out: retained messages follow the SUBACK at once.
         self._groups[topic_filter] = group
         self._groups_by_id[sub_id] = group
+        # What a resumed session sent before this attach goes first, before anything that
+        # reaches the group directly from now on, so the broker's order is kept.
+        self._adopt_orphans(group)
         props = None
         if self.v5:
             props = properties(PacketTypes.SUBSCRIBE)
@@ -703,7 +852,6 @@ class MqttLink(Link):
             group.ready.set_exception(exc)
             raise
         group.ready.set_result(None)
-        self._adopt_orphans(group)
         return consumer
 
     def _drop_group(self, group: Group) -> None:
@@ -734,8 +882,16 @@ class MqttLink(Link):
         if group.consumers:
             return
         self._drop_group(group)
+        if not unsubscribe:
+            # The broker keeps the subscription in the session (the point of a persistent
+            # one: a restarted worker gets what was published meanwhile); what it still sends
+            # on this connection is left unacknowledged for that next connection.
+            if persistent(self.opts):
+                self.session.kept[group.filter] = group.matcher
+            return
+        self.session.kept.pop(group.filter, None)
         client = self._client
-        if unsubscribe and client is not None and self.hooks.alive and not self.closing:
+        if client is not None and self.hooks.alive and not self.closing:
             await self._request(client.unsubscribe(consumer.filter))
 
     def release(self, inbound: Inbound) -> None:
@@ -747,6 +903,13 @@ class MqttLink(Link):
                 client.ack(inbound.mid, 1)
 
     # -- closing -----------------------------------------------------------------------------
+
+    async def abort(self) -> None:
+        self.closing = True
+        self._die(LinkDown("aborted"))
+        pipe = self._pipe
+        if pipe is not None and pipe.transport is not None:
+            pipe.transport.abort()  # also one a cut-short close left closing
 
     async def close(self) -> None:
         self.closing = True
@@ -763,7 +926,8 @@ class MqttLink(Link):
         transport = pipe.transport
         if client is not None and transport is not None and not transport.is_closing():
             with contextlib.suppress(Exception):
-                client.disconnect()  # DISCONNECT: no will; a persistent session is kept
+                # DISCONNECT: no will; a persistent session is kept unless asked to end.
+                client.disconnect(properties=self._disconnect_properties())
             pipe.flush()
         self.hooks.lost(LinkDown("closed"))
         if transport is not None and not transport.is_closing():
@@ -785,11 +949,60 @@ class MqttLink(Link):
             if client is not None:
                 client.aiobus_link = None
                 client.aiobus_sock = None
+        if self._ends_by_clean_connect():
+            await self._end_session_by_clean_connect()
+
+    # -- ending the session ----------------------------------------------------------------
+
+    def end_session(self) -> None:
+        """``close(end_session=True)``: the close that follows ends the broker's session
+        (its subscriptions and the messages queued or unacked in it) instead of keeping it.
+        MQTT 5: DISCONNECT with Session Expiry Interval 0. MQTT 3.1.1 cannot change that at
+        DISCONNECT: after it, a second connection with the same client id and clean session
+        set is opened and closed at once (the broker discards the session at its CONNECT)."""
+        self.session.end_requested = True
+
+    def _disconnect_properties(self) -> Any:
+        if not (self.v5 and self.session.end_requested and self.opts.session_expiry):
+            return None
+        props = properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        return props
+
+    def _ends_by_clean_connect(self) -> bool:
+        return (
+            self.session.end_requested
+            and not self.v5
+            and not self.opts.clean_session
+            and self.session.connected_once
+        )
+
+    async def _end_session_by_clean_connect(self) -> None:
+        opts = dataclasses.replace(self.opts, clean_session=True)
+        settings = dataclasses.replace(self.settings, options=opts)
+        hooks = LinkHooks(self.hooks._outbox, self.hooks.generation, self._loop)
+        cleaner = MqttLink(settings, self.endpoint, self.credentials, hooks)
+        cleaner.session.connected_once = True  # not a connection of its own: no INFO line
+        try:
+            await cleaner.open()
+            await cleaner.close()
+        finally:
+            await cleaner.abort()
 
     @property
     def raw(self) -> Any:
         """paho's ``Client`` driving this link (outside aiobus's guarantees)."""
         return self._client
+
+
+def _take_matching(
+    waiting: list[MQTTMessage], group: Group, into: list[MQTTMessage]
+) -> list[MQTTMessage]:
+    """Move the messages for ``group`` from ``waiting`` to ``into``; return the rest."""
+    rest: list[MQTTMessage] = []
+    for msg in waiting:
+        (into if group.matcher.matches(msg.topic) else rest).append(msg)
+    return rest
 
 
 _MQTT311 = dataclasses.replace(MqttLink.capabilities, headers=False, ttl=False, correlation=False)
@@ -799,9 +1012,18 @@ def _connack_error(code: int, reason: str, v5: bool) -> Exception:
     # paho hands MQTT 3.1.1 return codes over as MQTT 5 reason codes (5 -> 0x87, ...).
     code = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}.get(code, code)
     if code in (0x86, 0x87, 0x8C):  # bad user name or password, not authorized, bad auth
-        return AuthenticationError(f"the broker refused the credentials: {reason}")
+        return AuthenticationError(
+            f"the broker refused the credentials: {reason}", phase=ConnectPhase.AUTH
+        )
     if code == 0x84:
-        return ProtocolMismatch(f"the broker does not speak this MQTT version: {reason}")
+        return ProtocolMismatch(
+            f"the broker does not speak this MQTT version: {reason}; try protocol=4 or 5",
+            phase=ConnectPhase.HEADER,
+        )
     if code in (0x88, 0x89, 0x97, 0x9C, 0x9D, 0x9F):  # unavailable, busy, quota, moved...
-        return TransientConnectError(f"the broker refused the connection: {reason}")
-    return PermanentConnectError(f"the broker refused the connection: {reason}")
+        return TransientConnectError(
+            f"the broker refused the connection: {reason}", phase=ConnectPhase.OPEN
+        )
+    return PermanentConnectError(
+        f"the broker refused the connection: {reason}", phase=ConnectPhase.OPEN
+    )

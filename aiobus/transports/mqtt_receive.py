@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..message import Delivery
 from ..topics import TopicMatcher
-from .base import Consumer, DeliverySink, LinkHooks, SubscriptionSpec
-from .mqtt_session import persistent, retrieve
+from .base import CancelReason, Consumer, DeliverySink, LinkHooks, SubscriptionSpec
+from .mqtt_session import keeps_subscription, persistent, retrieve
 
 if TYPE_CHECKING:
     from paho.mqtt.client import MQTTMessage
@@ -48,7 +48,7 @@ class _NoAckNeeded(Consumer):
     async def nack(self, delivery: Delivery, requeue: bool) -> None:  # pragma: no cover
         raise AssertionError("MQTT has no nack; Delivery.nack raises NotSupported first")
 
-    async def cancel(self, *, connection_closing: bool = False) -> None:
+    async def cancel(self, *, reason: CancelReason = "leave") -> None:
         pass
 
 
@@ -124,19 +124,17 @@ class MqttConsumer(Consumer):
     async def nack(self, delivery: Delivery, requeue: bool) -> None:  # pragma: no cover
         raise AssertionError("MQTT has no nack; Delivery.nack raises NotSupported first")
 
-    async def cancel(self, *, connection_closing: bool = False) -> None:
+    async def cancel(self, *, reason: CancelReason = "leave") -> None:
         if self.cancelled:
             return
         self.cancelled = True
-        link = self.link
-        # MQTT cannot give a message back: unacked ones are acknowledged so that the broker's
-        # in-flight window for this client is not held by a subscription that is gone.
-        for inbound in self.unacked.values():
-            link.release(inbound)
+        why = reason
+        # MQTT cannot give a message back, and a PUBACK would tell the broker the application
+        # handled it: what it did not ack (in hand or still buffered) stays unacknowledged,
+        # so a persistent session gets it again on its next connection. Until this
+        # connection ends those messages hold part of the broker's in-flight window.
         self.unacked.clear()
-        # A persistent session keeps its subscriptions for the next connection with the same
-        # client id (the point of it); a clean session ends with the DISCONNECT anyway.
-        await link.detach(self, unsubscribe=not connection_closing)
+        await self.link.detach(self, unsubscribe=not keeps_subscription(self.link.opts, why))
 
 
 class Group:

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from ..errors import InvalidMessage
 from ..settings import MqttOptions
+from ..topics import TopicMatcher
+from .base import CancelReason
 
 if TYPE_CHECKING:
     from ..publishing import Outgoing
@@ -38,8 +41,11 @@ class Session:
 
     __slots__ = (
         "client_id",
+        "client_id_source",
         "connected_once",
+        "end_requested",
         "in_qos2",
+        "kept",
         "max_packet",
         "max_qos",
         "next_mid",
@@ -47,17 +53,29 @@ class Session:
         "pubrec",
         "retain_available",
         "shared_available",
+        "size_suspect",
     )
 
-    def __init__(self, client_id: str) -> None:
+    def __init__(self, client_id: str, client_id_source: str = "given") -> None:
         self.client_id = client_id
+        #: "given", "generated", or "assigned by the broker" (MQTT 5 CONNACK), for the log.
+        self.client_id_source = client_id_source
         self.connected_once = False
+        #: Filters a subscription left without UNSUBSCRIBE on a persistent session: the
+        #: broker still sends their messages, which are left unacknowledged (the next
+        #: connection of the session gets them again) instead of acknowledged and dropped.
+        self.kept: dict[str, TopicMatcher] = {}
+        #: ``close(end_session=True)``: the next close ends the broker's session.
+        self.end_requested = False
         self.next_mid = 0
         self.next_sub_id = 0
         self.max_packet: int | None = None
         self.max_qos = 2
         self.retain_available = True
         self.shared_available = True
+        #: The largest message in flight at a DISCONNECT 0x95 from a broker that states no
+        #: Maximum Packet Size: blamed only if it is the largest again at the next 0x95.
+        self.size_suspect: Any = None
         #: Outgoing QoS 2 packet ids whose PUBREC came: on a resumed session the PUBREL is
         #: sent again instead of the message.
         self.pubrec: set[int] = set()
@@ -76,8 +94,11 @@ def session_for(settings: Settings) -> Session:
     found = sessions.get(key)
     if found is None:
         opts = options_of(settings)
-        client_id = opts.client_id or f"aiobus-{secrets.token_hex(8)}"
-        found = sessions[key] = Session(client_id)
+        if opts.client_id:
+            found = Session(opts.client_id)
+        else:
+            found = Session(f"aiobus-{secrets.token_hex(8)}", "generated")
+        sessions[key] = found
         weakref.finalize(settings, sessions.pop, key, None)
     return found
 
@@ -89,12 +110,31 @@ def persistent(opts: MqttOptions) -> bool:
     return not opts.clean_session
 
 
+#: Why a consumer is cancelled (``Consumer.cancel(reason=...)``): its subscription left its
+#: ``async with`` (normally or by an exception), its task was cancelled, the connection is
+#: closing, or the application unsubscribed explicitly.
+
+
+def keeps_subscription(opts: MqttOptions, reason: CancelReason) -> bool:
+    """The rule: a persistent session keeps the broker's subscription on every exit but an
+    explicit unsubscribe; a clean session unsubscribes when a subscription leaves a live
+    connection (a closing one ends the session anyway)."""
+    if reason == "unsubscribe":
+        return False
+    return reason == "closing" or persistent(opts)
+
+
 # -- MQTT 5 properties -------------------------------------------------------------------------
 
 
-def str16(text: str) -> bytes:
+def str16(text: str, what: str = "a string") -> bytes:
     data = text.encode()
-    return struct.pack("!H", len(data)) + data
+    n = len(data)
+    if n > 65535:
+        raise InvalidMessage(
+            f"{what} is {n:,} bytes in UTF-8; an MQTT string carries at most 65,535"
+        )
+    return struct.pack("!H", n) + data
 
 
 def varint(value: int) -> bytes:
@@ -133,21 +173,81 @@ class Packed:
 
 
 def publish_properties(msg: Outgoing) -> Packed:
+    """The PUBLISH properties, encoded; ``InvalidMessage`` for a string MQTT cannot carry."""
     out = bytearray()
     if msg.ttl is not None:
         out += b"\x02" + struct.pack("!I", min(0xFFFFFFFF, max(1, math.ceil(msg.ttl))))
     if msg.content_type:
-        out += b"\x03" + str16(msg.content_type)
+        out += b"\x03" + str16(msg.content_type, "content_type")
     if msg.reply_to:
-        out += b"\x08" + str16(msg.reply_to)
+        out += b"\x08" + str16(msg.reply_to, "reply_to")
     if msg.correlation_id:
-        out += b"\x09" + str16(msg.correlation_id)
+        out += b"\x09" + str16(msg.correlation_id, "correlation_id")
     if msg.headers:
         for key, value in msg.headers.items():
-            out += b"\x26" + str16(key) + str16(value)
+            out += b"\x26" + str16(key, "a header name") + header_value(key, value)
     if msg.message_id:
-        out += b"\x26\x00\x0amessage-id" + str16(msg.message_id)
+        out += b"\x26\x00\x0amessage-id" + str16(msg.message_id, "message_id")
     return Packed(varint(len(out)) + bytes(out))
+
+
+def header_value(key: str, value: str) -> bytes:
+    data = value.encode()
+    if len(data) > 65535:
+        raise InvalidMessage(
+            f"header {key[:40]!r} is {len(data):,} bytes in UTF-8; an MQTT 5 user property "
+            "carries at most 65,535"
+        )
+    return struct.pack("!H", len(data)) + data
+
+
+class WirePublish:
+    """A PUBLISH as this connection writes it: the topic and properties encoded once (at the
+    call), and the exact packet size the broker counts against its Maximum Packet Size."""
+
+    __slots__ = ("content_type", "properties", "size", "topic")
+
+    def __init__(
+        self, topic: bytes, properties: Packed | None, size: int, content_type: str | None
+    ) -> None:
+        self.topic = topic
+        self.properties = properties
+        self.size = size
+        #: What it was encoded with: the core fills in an implied content type after the
+        #: call's check, and the link encodes again if so.
+        self.content_type = content_type
+
+
+def wire_publish(msg: Outgoing, v5: bool) -> WirePublish:
+    topic = msg.topic.encode()
+    if len(topic) > 65535:
+        raise InvalidMessage(
+            f"the topic is {len(topic):,} bytes in UTF-8; an MQTT topic carries at most 65,535"
+        )
+    if not v5:  # the common case, inline: no properties
+        remaining = 2 + len(topic) + len(msg.body) + (2 if msg.qos else 0)
+        size = 1 + (1 if remaining < 128 else varint_size(remaining)) + remaining
+        return WirePublish(topic, None, size, None)
+    props = publish_properties(msg)
+    size = packet_size(topic, len(msg.body), msg.qos or 0, props)
+    return WirePublish(topic, props, size, msg.content_type)
+
+
+def packet_size(topic: bytes, body_size: int, qos: int, props: Packed | None) -> int:
+    """The whole PUBLISH in bytes: fixed header, remaining length, topic, packet id (QoS 1
+    and 2), properties (MQTT 5), payload."""
+    remaining = 2 + len(topic) + body_size + (2 if qos else 0)
+    if props is not None:
+        remaining += len(props.data)
+    return 1 + varint_size(remaining) + remaining
+
+
+def varint_size(value: int) -> int:
+    if value < 128:
+        return 1
+    if value < 16384:
+        return 2
+    return 3 if value < 2097152 else 4
 
 
 def properties(packet_type: int) -> Any:

@@ -19,7 +19,9 @@ from aiobus.url import parse
 
 
 def test_url_query_options_are_typed() -> None:
-    settings = parse("mqtt://h:1884?protocol=5&session_expiry=60&qos=2&receive_maximum=50")
+    settings = parse(
+        "mqtt://h:1884?protocol=5&client_id=c1&session_expiry=60&qos=2&receive_maximum=50"
+    )
     opts = settings.options
     assert isinstance(opts, MqttOptions)
     assert (opts.protocol, opts.session_expiry, opts.qos, opts.receive_maximum) == (5, 60, 2, 50)

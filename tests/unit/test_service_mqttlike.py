@@ -15,7 +15,13 @@ from aiobus.connection import Connection
 from aiobus.errors import ConfigError
 from aiobus.memory_broker import MemoryBroker
 from aiobus.publishing import Outgoing
-from aiobus.transports.base import Capabilities, Consumer, DeliverySink, SubscriptionSpec
+from aiobus.transports.base import (
+    CancelReason,
+    Capabilities,
+    Consumer,
+    DeliverySink,
+    SubscriptionSpec,
+)
 from aiobus.transports.memory import MemoryLink
 from aiobus.url import Settings, parse
 from tests.helpers import Attempts
@@ -75,10 +81,10 @@ class Mqtt311Link(MemoryLink):
         consumer.can_nack = False  # type: ignore[misc]  # MQTT has no negative acknowledgement
         cancel = consumer.cancel
 
-        async def cancel_like_mqtt(*, connection_closing: bool = False) -> None:
-            # MQTT acknowledges what a consumer holds when it goes: nothing goes back.
+        async def cancel_like_mqtt(*, reason: CancelReason = "leave") -> None:
+            # A clean MQTT session cannot give back what a consumer holds when it goes.
             consumer.unacked.clear()
-            await cancel(connection_closing=connection_closing)
+            await cancel(reason=reason)
 
         consumer.cancel = cancel_like_mqtt  # type: ignore[method-assign]
         return consumer
