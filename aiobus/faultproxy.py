@@ -55,9 +55,11 @@ class _Pair:
 
 def _reset(writer: asyncio.StreamWriter) -> None:
     """Close with an RST, as a crashed peer or a dropped route would look from the other end."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
+    # ValueError: uvloop builds the socket object on demand, which fails once the transport
+    # has closed its descriptor; such a connection is gone already.
+    with contextlib.suppress(OSError, ValueError):
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
 

@@ -1,14 +1,35 @@
-"""Test-wide set-up: broker fixtures, the memory broker fixture, and CI's no-skip rule."""
+"""Test-wide set-up: broker fixtures, the memory broker fixture, both event loops, and CI's
+no-skip rule."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable, Mapping
 
 import pytest
+import uvloop
 
 from aiobus import Delivery
 
-pytest_plugins = ["tests.harness.fixtures", "aiobus.testing"]
+pytest_plugins = ["tests.harness.fixtures", "tests.harness.timeouts", "aiobus.testing"]
+
+#: Every test that runs on an event loop runs once per loop here, the loop's name in its id
+#: (``test_x[asyncio]``, ``test_x[uvloop]``). pytest-asyncio builds each test's loop with the
+#: factory through ``asyncio.Runner``, which turns asyncio debug mode on for both loops
+#: (``asyncio_debug`` in pyproject). Broker fixtures are synchronous and session-scoped, so
+#: they are started once and shared by both loops. ``tests.harness.timeouts`` makes the
+#: per-test time-out work on uvloop too (pytest-timeout's own alarm is swallowed there).
+EVENT_LOOPS: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.SelectorEventLoop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return EVENT_LOOPS
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from paho.mqtt.client import Client, _WebsocketWrapper
 from paho.mqtt.enums import MQTTErrorCode
 
 from ..errors import PermanentConnectError, ProtocolMismatch, TransientConnectError
+from .stream import StreamTransport, stream_transport
 
 _AGAIN = MQTTErrorCode.MQTT_ERR_AGAIN
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -32,7 +33,7 @@ class _Pipe(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.transport: asyncio.Transport | None = None
+        self.transport: StreamTransport | None = None
         self._rx = bytearray()
         self._pos = 0
         self._tx: list[bytes | bytearray] = []
@@ -48,8 +49,8 @@ class _Pipe(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # By interface, not class: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = stream_transport(transport)
 
     def data_received(self, data: bytes) -> None:
         if self._pos >= len(self._rx):
@@ -155,15 +156,23 @@ class _Pipe(asyncio.Protocol):
                 raise ProtocolMismatch("no WebSocket handshake answer in the first 64 KiB")
             waiter: asyncio.Future[None] = self._loop.create_future()
             self.on_data = functools.partial(_wake, waiter)
+            # A reset (no EOF first) only completes ``closed``: it must end the wait too.
+            on_closed = functools.partial(_wake_when_closed, waiter)
+            self.closed.add_done_callback(on_closed)
             try:
                 await waiter
             finally:
                 self.on_data = None
+                self.closed.remove_done_callback(on_closed)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _wake_when_closed(waiter: asyncio.Future[None], closed: asyncio.Future[object]) -> None:
+    _wake(waiter)
 
 
 class _WsSocket(_WebsocketWrapper):

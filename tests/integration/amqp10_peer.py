@@ -15,6 +15,8 @@ from typing import Any
 import proton
 from proton import Condition, Disposition, Event, Message
 
+from aiobus.transports.stream import StreamTransport, stream_transport
+
 
 @dataclass
 class Script:
@@ -46,13 +48,12 @@ class PeerConnection(asyncio.Protocol):
         sasl.allowed_mechs("ANONYMOUS PLAIN")
         sasl.allow_insecure_mechs = True
         self.transport.bind(self.conn)
-        self.sock: asyncio.Transport | None = None
+        self.sock: StreamTransport | None = None
         self.opened = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.sock = transport
+        self.sock = stream_transport(transport)  # uvloop's is no asyncio.Transport subclass
         self.peer.connections.append(self)
         self.peer.connected.set()
 
@@ -231,8 +232,7 @@ async def amqp091_server() -> tuple[asyncio.Server, int]:
 
     class Answer(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.sock = transport
+            self.sock = stream_transport(transport)
 
         def data_received(self, data: bytes) -> None:
             self.sock.write(b"AMQP\x00\x00\x09\x01")
