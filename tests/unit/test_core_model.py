@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import uvloop
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -53,9 +55,11 @@ class Sub:
 
 
 class CoreMachine(RuleBasedStateMachine):
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = staticmethod(asyncio.new_event_loop)
+
     def __init__(self) -> None:
         super().__init__()
-        self.loop = asyncio.get_event_loop_policy().new_event_loop()
+        self.loop = self.new_loop()
         self.loop.set_debug(True)
         self.broker = MemoryBroker.get(f"model-{next(_names)}")
         self.bus = aiobus.connect(
@@ -299,10 +303,17 @@ class CoreMachine(RuleBasedStateMachine):
             self.loop.close()
 
 
-TestCoreModel = CoreMachine.TestCase
-TestCoreModel.settings = settings(
+class CoreMachineOnUvloop(CoreMachine):
+    new_loop = staticmethod(uvloop.new_event_loop)
+
+
+MODEL_SETTINGS = settings(
     max_examples=120,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+TestCoreModel = CoreMachine.TestCase
+TestCoreModel.settings = MODEL_SETTINGS
+TestCoreModelOnUvloop = CoreMachineOnUvloop.TestCase
+TestCoreModelOnUvloop.settings = MODEL_SETTINGS
