@@ -624,12 +624,15 @@ class Amqp091Link(Link):
             )
         elif isinstance(exc, amqp_errors.DeliveryError):
             self.hooks.failed(msg, Nacked("basic.nack: the broker refused the message"))
-        elif isinstance(exc, _WIRE_ERRORS):
-            # The channel or connection died under the publish: the core re-sends it on the
-            # next link (or fails it, by outage policy).
-            self._publish_channel_died(exc)
-        else:
+        elif isinstance(exc, _CODEC_ERRORS) and not isinstance(exc, _WIRE_ERRORS):
+            # Named, not assumed: only what pamqp raises for a value it cannot encode is
+            # this message's fault (raised before anything was written).
             self.hooks.failed(msg, refused_by_codec(msg, exc))
+        else:
+            # Anything else (a closed channel or connection, a confirmation aiormq ended
+            # with CancelledError): the wire. The core re-sends it on the next link (or
+            # fails it, by outage policy).
+            self._publish_channel_died(exc)
 
     def _publish_channel_died(self, exc: BaseException | None) -> None:
         """The publish channel is gone. Closed with 406 for a message over the broker's
