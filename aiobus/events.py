@@ -27,8 +27,14 @@ class Event:
     next attempt), ``"subscription_reattached"`` when the broker ended one consumer and it was
     attached again, ``"subscription_failed"`` for a subscription that could not be
     (re-)attached and is not receiving (its iteration raises the error too),
-    ``"settle_lost"`` when ``process()`` handled a message whose link died before it could
-    be acknowledged (``redelivered`` says whether the broker delivers it again), and
+    ``"dead_letter_unreceived"`` when a service finds no queue behind a dead-letter topic
+    (its dead letters would be lost), ``"settle_lost"`` when ``process()`` handled a message
+    whose link died before it could be acknowledged (``redelivered`` says whether the
+    broker delivers it again),
+    ``"delivery_undecodable"`` when a received message could not be decoded and was settled
+    without reaching the application (AMQP 1.0: rejected by default, see its ``undecodable``
+    option; ``reason`` names the address, the outcome and why, ``error`` is the decode error;
+    the link and the messages behind it go on), and
     ``"overflow"`` when this stream was read too slowly and dropped its oldest events:
     ``dropped`` says how many, and the overflow event comes where they were, before the
     events that follow (``state`` and ``time`` are those of the first event after the gap).

@@ -21,9 +21,21 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import proton
 from proton import Event, Terminus
 
+from ..connect_errors import (
+    explain,
+    fail,
+    foreign_protocol,
+    may_be_foreign,
+    note_step,
+    placed,
+    raise_from,
+    socket_error,
+)
 from ..errors import (
     AuthenticationError,
     ConfigError,
+    ConnectError,
+    ConnectPhase,
     LinkDown,
     LinkLost,
     MessageTooLarge,
@@ -44,8 +56,10 @@ from .amqp10_links import (
     SenderState,
     condition_text,
     link_names,
+    wire_message,
 )
 from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
+from .stream import StreamTransport, stream_transport
 
 __all__ = ["Amqp1Raw", "Amqp10Consumer", "Amqp10Link", "validate_address"]
 
@@ -109,7 +123,7 @@ class Amqp10Link(Link, asyncio.Protocol):
         self.transport = proton.Transport()
         self.collector = proton.Collector()
         self.conn.collect(self.collector)
-        self._sock: asyncio.Transport | None = None
+        self._sock: StreamTransport | None = None
         self._header = b""
         self._states: dict[Any, Any] = {}
         self._anon: SenderState | None = None
@@ -161,6 +175,8 @@ class Amqp10Link(Link, asyncio.Protocol):
             raise ConfigError(f"ttl {msg.ttl!r} s is over AMQP 1.0's 32-bit milliseconds")
         if msg.headers:
             codec.check_headers(msg.headers)
+        if msg.content_type is not None:
+            codec.check_content_type(msg.content_type)
         if len(msg.body) > opts.max_message_size:
             raise MessageTooLarge(len(msg.body), opts.max_message_size)
 
@@ -207,7 +223,7 @@ class Amqp10Link(Link, asyncio.Protocol):
             # The scheme is the user's choice (amqp1:// is plain text, like amqp://).
             sasl.allow_insecure_mechs = True
             conn.user = creds.username
-            conn.password = creds.password or ""
+            conn.password = creds.reveal_password() or ""
         self._sasl = sasl
         if opts.heartbeat:
             transport.idle_timeout = opts.heartbeat
@@ -217,6 +233,7 @@ class Amqp10Link(Link, asyncio.Protocol):
         server_hostname = None
         if ssl_ctx is not None:
             server_hostname = opts.server_hostname or endpoint.host
+        where = str(endpoint)
         try:
             await self.loop.create_connection(
                 lambda: self,
@@ -225,16 +242,22 @@ class Amqp10Link(Link, asyncio.Protocol):
                 ssl=ssl_ctx,
                 server_hostname=server_hostname,
             )
-        except ssl.SSLCertVerificationError as exc:
-            raise PermanentConnectError(
-                f"TLS verification of {endpoint} failed: {exc.verify_message}"
-            ) from exc
-        except ssl.SSLError as exc:
-            raise PermanentConnectError(f"TLS handshake with {endpoint} failed: {exc}") from exc
+        except asyncio.CancelledError as exc:
+            note_step(exc, ConnectPhase.TLS if ssl_ctx is not None else ConnectPhase.TCP, where)
+            raise
         except OSError as exc:
-            raise TransientConnectError(f"cannot connect to {endpoint}: {exc}") from exc
+            error = socket_error(exc, endpoint.host, where, tls=ssl_ctx is not None)
+            raise await self._connect_failed(error, exc, ssl_ctx, server_hostname)  # noqa: B904
         try:
             await asyncio.shield(self._opened)
+        except asyncio.CancelledError as exc:
+            note_step(exc, self._connect_phase(), where)  # before the abort changes the state
+            self._abort()
+            raise
+        except Exception as exc:
+            error = self._opening_error(exc, where)
+            self._abort()
+            raise await self._connect_failed(error, exc, ssl_ctx, server_hostname)  # noqa: B904
         except BaseException:
             self._abort()
             raise
@@ -248,11 +271,69 @@ class Amqp10Link(Link, asyncio.Protocol):
             self._anon = self._add_sender(None)
             self.flush()
 
+    def _connect_phase(self) -> ConnectPhase:
+        """How far the handshake got: the peer's header, then SASL, then the open frames."""
+        if len(self._header) < 8:
+            return ConnectPhase.HEADER
+        sasl = self._sasl
+        if sasl is not None and sasl.outcome is None:
+            return ConnectPhase.AUTH
+        return ConnectPhase.OPEN
+
+    def _opening_error(self, exc: Exception, where: str) -> ConnectError:
+        """What failed the handshake, with its phase. A connection closed after our open frame
+        without a close frame is how RabbitMQ 4 answers a virtual host that does not exist
+        or that the user may not use (after a 3 s delay, with no reason on the wire)."""
+        phase = self._connect_phase()
+        if isinstance(exc, ConnectError):
+            return placed(exc, phase, where)
+        if phase is ConnectPhase.OPEN and self._closed_without_a_word():
+            return fail(
+                PermanentConnectError,
+                phase,
+                where,
+                f"the broker closed the connection instead of opening it for hostname "
+                f"{self.conn.hostname!r} ({explain(exc)})",
+                fix="the virtual host does not exist or the user may not use it: check vhost= "
+                "(or hostname=), or create the vhost and grant access",
+            )
+        return fail(TransientConnectError, phase, where, explain(exc))
+
+    def _closed_without_a_word(self) -> bool:
+        """The peer dropped the socket (proton: "connection aborted") with no close frame: not
+        an idle timeout, not a refusal with a condition (those say why themselves)."""
+        if self.conn.state & proton.Endpoint.REMOTE_CLOSED:
+            return False
+        cond = self.transport.condition
+        return cond is not None and cond.name == "amqp:connection:framing-error"
+
+    async def _connect_failed(
+        self,
+        error: ConnectError,
+        original: BaseException,
+        ctx: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> ConnectError:
+        """``error``, or a ``ProtocolMismatch`` when the port turns out to speak another
+        protocol (asked only when the attempt died before the peer's AMQP header)."""
+        endpoint = self.endpoint
+        if may_be_foreign(error) and endpoint is not None:
+            error = await foreign_protocol(
+                "amqp10",
+                self.settings.tls,
+                endpoint.host,
+                endpoint.port,
+                error,
+                context=ctx,
+                server_hostname=server_hostname,
+            )
+        return raise_from(error, original)
+
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._sock = transport
+        # By interface, not class: uvloop's transports are not asyncio.Transport subclasses.
+        self._sock = stream_transport(transport)
         self.flush()
         self._schedule_tick()
 
@@ -283,7 +364,23 @@ class Amqp10Link(Link, asyncio.Protocol):
             view = view[len(chunk) :]
             self._process()
         self._process()
+        if not self._opened.done():
+            self._refused_by_sasl()
         self.flush()
+
+    def _refused_by_sasl(self) -> None:
+        """A SASL outcome that refuses the credentials ends the handshake at once: RabbitMQ
+        sends it but closes the socket (which is when proton reports it) seconds later."""
+        sasl = self._sasl
+        if sasl is not None and sasl.outcome in (proton.SASL.AUTH, proton.SASL.PERM):
+            self._die(
+                AuthenticationError(
+                    "the broker refused the credentials (SASL outcome: "
+                    + ("auth" if sasl.outcome == proton.SASL.AUTH else "perm")
+                    + ")",
+                    phase=ConnectPhase.AUTH,
+                )
+            )
 
     def eof_received(self) -> bool | None:
         self.transport.close_tail()
@@ -531,6 +628,12 @@ class Amqp10Link(Link, asyncio.Protocol):
         if sock is not None:
             sock.abort()
 
+    async def abort(self) -> None:
+        self._closing = True
+        self._die(LinkDown("aborted"))
+        if self._sock is not None:
+            self._sock.abort()  # also one a cut-short close left closing
+
     async def close(self) -> None:
         """Detach links, end sessions, close the connection, then the socket; bounded."""
         if not self.dead.done() and self._sock is not None:
@@ -567,19 +670,27 @@ class Amqp10Link(Link, asyncio.Protocol):
         self._states[state.sender] = state
         return state
 
+    def _via_relay(self, topic: str) -> bool:
+        # RabbitMQ 4 takes only its v2 addresses in ``to``; the older forms work as a
+        # link's target, so those get a sender (and a session) of their own.
+        return self._anon is not None and (not self._rabbitmq or topic.startswith(_RABBITMQ_V2))
+
+    def encode(self, msg: Outgoing) -> None:
+        """The bare message's bytes for the sender it will go through (``to`` only on the
+        anonymous relay); written when that sender has credit."""
+        msg.wire = wire_message(msg, self._via_relay(msg.topic), self.durable)
+
     async def publish(self, batch: Sequence[Outgoing]) -> None:
         if self.dead.done():
             raise LinkDown(f"the AMQP 1.0 link is dead: {self._error}")
         anon = self._anon
         touched: dict[int, SenderState] = {}
         senders = self._senders
-        rabbitmq = self._rabbitmq
+        via_relay = self._via_relay
         for msg in batch:
             topic = msg.topic
-            # RabbitMQ 4 takes only its v2 addresses in ``to``; the older forms work as a
-            # link's target, so those get a sender (and a session) of their own.
             state: SenderState | None = None
-            if anon is not None and (not rabbitmq or topic.startswith(_RABBITMQ_V2)):
+            if anon is not None and via_relay(topic):
                 state = anon
             else:
                 state = senders.get(topic)

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import proton
 from proton import Disposition
 
-from ..errors import Nacked, Unroutable
+from ..errors import InvalidMessage, Nacked, Unroutable
 from ..message import Delivery
 from . import amqp10_codec as codec
-from .base import Consumer, DeliverySink, LinkHooks, SubscriptionSpec
+from .base import CancelReason, Consumer, DeliverySink, LinkHooks, SubscriptionSpec
 
 if TYPE_CHECKING:
     from ..publishing import Outgoing
@@ -82,23 +82,19 @@ class SenderState:
         durable_default = link.durable
         while credit > 0 and queue:
             msg = queue.popleft()
+            data, msg.wire = msg.wire, None  # encoded by ``Amqp10Link.encode``
+            if not isinstance(data, bytes):
+                # Not encoded for this sender (the guard: nothing unencoded reaches the wire,
+                # and a message that cannot be encoded fails alone, before a delivery exists).
+                try:
+                    data = wire_message(msg, address is None, durable_default)
+                except Exception as exc:
+                    link.hooks.failed(msg, not_encodable(msg, exc))
+                    continue
             credit -= 1
             tag = str(next(tags))
             dlv = sender.delivery(tag)
-            sender.stream(
-                codec.encode(
-                    to=msg.topic if address is None else None,
-                    body=msg.body,
-                    message_id=msg.message_id,
-                    correlation_id=msg.correlation_id,
-                    reply_to=msg.reply_to,
-                    content_type=msg.content_type,
-                    headers=msg.headers,
-                    durable=durable_default if msg.persistent is None else msg.persistent,
-                    priority=msg.priority,
-                    ttl=msg.ttl,
-                )
-            )
+            sender.stream(data)
             sender.advance()
             if presettled or not msg.confirm:
                 dlv.settle()
@@ -163,6 +159,33 @@ class SenderState:
         self.queue.clear()
 
 
+def wire_message(msg: Outgoing, anonymous: bool, durable: bool) -> bytes:
+    """The bare message's bytes: ``to`` is written only for the anonymous relay."""
+    return codec.encode(
+        to=msg.topic if anonymous else None,
+        body=msg.body,
+        message_id=msg.message_id,
+        correlation_id=msg.correlation_id,
+        reply_to=msg.reply_to,
+        content_type=msg.content_type,
+        headers=msg.headers,
+        durable=durable if msg.persistent is None else msg.persistent,
+        priority=msg.priority,
+        ttl=msg.ttl,
+    )
+
+
+def not_encodable(msg: Outgoing, exc: Exception) -> InvalidMessage:
+    if isinstance(exc, InvalidMessage):
+        return exc
+    error = InvalidMessage(
+        f"message {msg.message_id} to {msg.topic!r} cannot be sent over AMQP 1.0: "
+        f"{type(exc).__name__}: {exc}"
+    )
+    error.__cause__ = exc
+    return error
+
+
 class ReceiverState:
     __slots__ = ("attached", "consumer", "receiver", "session")
 
@@ -221,6 +244,7 @@ class Amqp10Consumer(Consumer):
         self.state: ReceiverState | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tags = itertools.count(1)
+        self.undecodable = link.opts.undecodable
 
     def deliver(self, dlv: Any, data: bytes) -> None:
         no_ack = self.no_ack
@@ -231,7 +255,11 @@ class Amqp10Consumer(Consumer):
             dlv.settle()
             self.link.kick()
             return
-        fields = codec.decode(data)
+        try:
+            fields = codec.decode(data)
+        except Exception as exc:  # whatever it is, this message alone fails, not the link
+            self._undecodable(dlv, exc)
+            return
         if no_ack:
             if not dlv.settled:  # the broker ignored our settle mode: accept it ourselves
                 dlv.update(ACCEPTED)
@@ -255,6 +283,41 @@ class Amqp10Consumer(Consumer):
                 returns_on_loss=not no_ack,
                 raw=Amqp1Raw(dlv, data, fields),
             )
+        )
+
+    def _undecodable(self, dlv: Any, exc: Exception) -> None:
+        """Settle a message that cannot be decoded (the ``undecodable`` option's outcome) and
+        report it: left unsettled, the broker would hand it to the next link first forever."""
+        if isinstance(exc, codec.UndecodableMessage):
+            reason = str(exc)
+        else:
+            reason = f"the decoder failed: {type(exc).__name__}: {exc}"
+        outcome = self.undecodable
+        if dlv.settled:
+            settled = "dropped (it was sent pre-settled)"
+        elif outcome == "release":
+            dlv.update(RELEASED)
+            settled = "released (back to the queue, not counted)"
+        elif outcome == "modify":
+            dlv.local.failed = True  # counted, and not for this link again
+            dlv.local.undeliverable = True
+            dlv.update(MODIFIED)
+            settled = "modified (delivery-failed, undeliverable-here)"
+        else:
+            # The reason travels as the rejection's error, so the broker's dead-letter
+            # headers (or its logs) say why.
+            dlv.local.condition = proton.Condition("amqp:decode-error", reason[:1000])
+            dlv.update(REJECTED)
+            settled = "rejected"
+        dlv.settle()
+        state = self.state
+        if state is not None and not self.cancelled and self.sink.room > 0:
+            state.receiver.flow(1)  # its credit is not coming back through the buffer
+        self.link.kick()
+        self._hooks.notify(
+            "delivery_undecodable",
+            f"a message on {self.address!r} could not be decoded and was {settled}: {reason}",
+            exc,
         )
 
     def _settle(self, delivery: Delivery, outcome: Any, *, failed: bool = False) -> None:
@@ -292,7 +355,7 @@ class Amqp10Consumer(Consumer):
             state.receiver.flow(1)
             self.link.kick()
 
-    async def cancel(self, *, connection_closing: bool = False) -> None:
+    async def cancel(self, *, reason: CancelReason = "leave") -> None:
         if self.cancelled:
             return
         self.cancelled = True
