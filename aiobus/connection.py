@@ -822,6 +822,17 @@ class Connection:
                 Event("subscription_reattached", self._state, reason=describe(error), error=error)
             )
 
+    def notify(self, kind: str, reason: str, error: BaseException | None = None) -> None:
+        """Put an event of the application's own (the service layer's, for one) on every
+        ``events()`` stream, logged at WARNING."""
+        self._notified(kind, reason, error)
+
+    @property
+    def topology(self) -> tuple[Any, ...]:
+        """What this connection declares again after every reconnect: the ``topology=``
+        option and everything ``declare()`` added since."""
+        return tuple(self._topology)
+
     def _notified(self, kind: str, reason: str, error: BaseException | None) -> None:
         log.warning("aiobus %s: %s", self.settings.redacted_url(), reason)
         self._emit(Event(kind, self._state, reason=reason, error=error))

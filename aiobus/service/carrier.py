@@ -4,6 +4,11 @@ error) travels: in headers where the protocol has them, else in an envelope arou
 MQTT 3.1.1 has no headers, yet a message retried there still has to say which attempt it is,
 and a dead letter why it died. The envelope is only ever put on messages the service itself
 republishes (its private retry topics, dead-letter topics, replies), never on a user's publish.
+
+Trust: anybody can publish ``x-aiobus-*`` headers or an envelope-looking body. The service acts
+on this metadata only for deliveries on its own retry route (see ``runner.Source.trusted``);
+everywhere else it is left as it came and changes nothing. ``wrap`` drops any ``x-aiobus-*``
+header it is given before adding the service's own, so a forged one never reaches a copy.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ ERROR = "x-aiobus-error"
 """On a reply: the handler raised; the value is its message."""
 SUBSCRIBER = "x-aiobus-subscriber"
 """The subscriber that failed the message (dead letters)."""
+FIRST_ERROR = "x-aiobus-first-error"
+"""The error of the first failed attempt, ``Type: message`` (retry copies and dead letters)."""
+LAST_ERROR = "x-aiobus-last-error"
+"""The error of the attempt that gave up, ``Type: message`` (dead letters)."""
 
 _ENVELOPE = b"aiobus-envelope/1\n"
 

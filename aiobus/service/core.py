@@ -16,6 +16,16 @@ from ..message import Delivery
 from ..publishing import Confirm
 from .carrier import ERROR, ERROR_TYPE, Carrier
 from .codec import _MISSING, decoder_for, encode_value
+from .counting import declared_counting, declared_queue, quorum_delivery_limit
+from .deadletters import (
+    DEFAULT_QUEUE,
+    FailureBursts,
+    can_hold_queue,
+    declare_queue,
+    describe_missing,
+    queue_exists,
+    queue_for,
+)
 from .errors import RemoteError, RequestTimeout, ServiceNotRunning
 from .handler import (
     Handler,
@@ -55,6 +65,9 @@ class Service:
         *,
         middleware: Sequence[Middleware] = (),
         dead_letter_topic: str | None = None,
+        dead_letter_queue: str | None = DEFAULT_QUEUE,
+        declare_dead_letter_queue: bool = True,
+        dead_letter_backoff: tuple[float, float] = (1.0, 60.0),
         drain_timeout: float = 10.0,
         max_scheduled_retries: int = 10_000,
         subscribe: SubscribeFn | None = None,
@@ -64,7 +77,14 @@ class Service:
         ``bus.subscribe`` until their adapter offers it (AMQP 1.0 consumes from queues it does
         not create): ``subscribe(pattern, queue=, prefetch=, **options)`` is used for every
         subscription the service opens, and ``address(name)`` turns the service's own topic
-        names (private retry and reply topics) into what is published to and subscribed."""
+        names (private retry and reply topics) into what is published to and subscribed.
+
+        ``dead_letter_queue``: the queue behind each dead-letter topic, a name with an optional
+        ``{topic}`` (default ``aiobus-dead-{topic}``): where the connection can (AMQP 0-9-1,
+        memory) the service declares it bound to the topic, or with
+        ``declare_dead_letter_queue=False`` only checks at start that it exists; None: neither.
+        ``dead_letter_backoff``: ``(first, most)`` seconds between tries of a dead-letter
+        publish that failed."""
         if not isinstance(bus, Connection):
             raise TypeError(f"Service needs an aiobus Connection, not {type(bus).__name__}")
         _check_seconds("drain_timeout", drain_timeout)
@@ -74,6 +94,24 @@ class Service:
             )
         if dead_letter_topic is not None:
             DeadLetter(dead_letter_topic)  # the same check as a policy's topic
+        if dead_letter_queue is not None and (
+            not isinstance(dead_letter_queue, str) or not dead_letter_queue
+        ):
+            raise ConfigError(
+                f"dead_letter_queue must be a non-empty str or None, got {dead_letter_queue!r}"
+            )
+        _check_backoff(dead_letter_backoff)
+        if not isinstance(declare_dead_letter_queue, bool):
+            raise ConfigError(
+                f"declare_dead_letter_queue must be a bool, got {declare_dead_letter_queue!r}"
+            )
+        self.dead_letter_queue = dead_letter_queue
+        self.declare_dead_letter_queue = declare_dead_letter_queue
+        self.dead_letter_backoff = (float(dead_letter_backoff[0]), float(dead_letter_backoff[1]))
+        self.dead_letter_failures = FailureBursts()
+        self.stopping = asyncio.Event()
+        """Set when the drain begins: waits (dead-letter backoff) end and give up."""
+        self._dead_letter_queues: set[tuple[str, str]] = set()
         self.bus = bus
         self._running = False
         self.middleware: list[Middleware] = []
@@ -87,7 +125,7 @@ class Service:
         self.carrier = Carrier(headers=bus.capabilities.headers)
         self.scheduler = RetryScheduler(max_scheduled_retries)
         self._instance = secrets.token_hex(4)
-        self._specs: dict[str, tuple[SubscriberSpec, list[Source], str | None, bool]] = {}
+        self._specs: dict[str, tuple[SubscriberSpec, list[Source], str | None]] = {}
         self._runners: dict[str, Runner] = {}
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
@@ -190,9 +228,10 @@ class Service:
             )
         policy = check_policy(on_error if on_error is not None else Requeue())
         caps = bus.capabilities
+        unopened: object = None
         if not self._custom_subscribe:
             # The subscription checks its pattern and options now (nothing is attached yet).
-            bus.subscribe(pattern, queue=queue, prefetch=prefetch, **subscribe_options)
+            unopened = bus.subscribe(pattern, queue=queue, prefetch=prefetch, **subscribe_options)
 
         dead_letter_topic: str | None = None
         if ack_mode != "first":
@@ -204,9 +243,13 @@ class Service:
                     "dead-letter topic: DeadLetter(topic=...) in the policy or "
                     "Service(dead_letter_topic=...)"
                 )
-        broker_requeue = caps.nack and caps.delivery_count
+        # A requeue needs no retry route only where the queue is known to count deliveries;
+        # elsewhere its deliveries tell at run time, and the route must be there already.
+        counted = caps.nack and (
+            declared_counting(bus.protocol, unopened, queue, self.declared_topology()) is True
+        )
         needs_retry_topic = ack_mode != "first" and (
-            isinstance(policy, Retry) or (isinstance(policy, Requeue) and not broker_requeue)
+            isinstance(policy, Retry) or (isinstance(policy, Requeue) and not counted)
         )
         sources = [Source(pattern, queue, prefetch, dict(subscribe_options))]
         retry_topic: str | None = None
@@ -215,7 +258,9 @@ class Service:
                 raise ConfigError(
                     f"subscriber {name!r}: prefetch must be >= 2 with this error policy on "
                     f"{bus.protocol}: retries come back through a private retry queue, which "
-                    "takes a share of the prefetch (never more unacked messages than prefetch)"
+                    "takes a share of the prefetch (never more unacked messages than prefetch); "
+                    "with Requeue, a queue declared as counting deliveries (a quorum Queue in "
+                    "the connection's topology) needs none"
                 )
             retry_share = max(1, prefetch // 5)
             sources[0] = Source(pattern, queue, prefetch - retry_share, dict(subscribe_options))
@@ -228,7 +273,7 @@ class Service:
                 retry_queue = None
             if not self._custom_subscribe:
                 bus.subscribe(retry_topic, queue=retry_queue, prefetch=retry_share)
-            sources.append(Source(retry_topic, retry_queue, retry_share, {}))
+            sources.append(Source(retry_topic, retry_queue, retry_share, {}, trusted=True))
         spec = SubscriberSpec(
             name=name,
             pattern=pattern,
@@ -242,7 +287,7 @@ class Service:
             dead_letter_topic=dead_letter_topic,
             options=dict(subscribe_options),
         )
-        self._specs[name] = (spec, sources, retry_topic, broker_requeue)
+        self._specs[name] = (spec, sources, retry_topic)
 
     @property
     def subscribers(self) -> dict[str, SubscriberSpec]:
@@ -282,9 +327,12 @@ class Service:
         self._running = True
         self._failure = None
         self._failed.clear()
+        self.stopping.clear()
         try:
-            for name, (spec, sources, retry_topic, broker_requeue) in self._specs.items():
-                runner = Runner(self, spec, sources, retry_topic, broker_requeue)
+            self._warn_delivery_limits()
+            await self._prepare_dead_letters()
+            for name, (spec, sources, retry_topic) in self._specs.items():
+                runner = Runner(self, spec, sources, retry_topic)
                 self._runners[name] = runner
                 await runner.start()
             yield self
@@ -300,6 +348,7 @@ class Service:
         self._failed.set()
 
     async def _drain(self, timeout: float) -> None:
+        self.stopping.set()
         runners = list(self._runners.values())
         for runner in runners:
             await runner.stop_reading()
@@ -332,6 +381,74 @@ class Service:
             await replies.close()
         assert not any(r.busy for r in runners)
         assert not self.scheduler.busy
+
+    # -- what the service checks and prepares when it starts -------------------------------
+
+    def declared_topology(self) -> tuple[Any, ...]:
+        """The topology items the connection declares: its ``topology=`` option and what
+        ``bus.declare()`` added."""
+        return self.bus.topology
+
+    def _warn_delivery_limits(self) -> None:
+        """A quorum queue drops (or dead-letters by its own policy) a message past its
+        delivery limit: a ``Requeue`` allowing more attempts would never reach its own
+        dead letter there."""
+        topology = self.declared_topology()
+        for spec, _, _ in self._specs.values():
+            policy = spec.on_error
+            if spec.ack == "first" or not isinstance(policy, Requeue):
+                continue
+            queue = declared_queue(spec.queue, topology)
+            limit = quorum_delivery_limit(queue) if queue is not None else None
+            if limit is not None and policy.max_attempts > limit:
+                log.warning(
+                    "aiobus: subscriber %s allows max_attempts=%d, but quorum queue %r has a "
+                    "delivery limit of %d: the broker drops or dead-letters the message before "
+                    "the service's own dead letter (raise x-delivery-limit or lower "
+                    "max_attempts)",
+                    spec.name,
+                    policy.max_attempts,
+                    spec.queue,
+                    limit,
+                )
+
+    def dead_letter_topics(self) -> list[str]:
+        """The dead-letter topics the registered subscribers publish to."""
+        topics: list[str] = []
+        for spec, _, _ in self._specs.values():
+            topic = spec.dead_letter_topic
+            if topic is not None and topic not in topics:
+                topics.append(topic)
+        return topics
+
+    async def _prepare_dead_letters(self) -> None:
+        """Declare a queue behind each dead-letter topic where the connection can, then check
+        that something receives it where that can be checked: one WARNING per topic if not
+        (the dead letters would wait unsettled, retried with backoff)."""
+        bus = self.bus
+        if self.dead_letter_queue is None or not can_hold_queue(bus):
+            return
+        for topic in self.dead_letter_topics():
+            queue = queue_for(self.dead_letter_queue, topic)
+            if self.declare_dead_letter_queue and (topic, queue) not in self._dead_letter_queues:
+                try:
+                    await declare_queue(bus, topic, queue)
+                except Exception as exc:  # refused (permissions, a clashing queue): say so
+                    log.warning(
+                        "aiobus: could not declare dead-letter queue %r for %r: %r",
+                        queue,
+                        topic,
+                        exc,
+                    )
+                else:
+                    self._dead_letter_queues.add((topic, queue))
+            try:
+                exists = await queue_exists(bus, queue)
+            except Exception as exc:  # the check is advice: it must not stop the service
+                log.debug("aiobus: could not check dead-letter queue %r: %r", queue, exc)
+                exists = None
+            if exists is False:
+                self.bus.notify("dead_letter_unreceived", describe_missing(topic, queue, exists))
 
     # -- publishing and requests ----------------------------------------------------------
 
@@ -415,6 +532,20 @@ class Service:
 
 def _same(name: str) -> str:
     return name
+
+
+def _check_backoff(value: object) -> None:
+    if (
+        not isinstance(value, tuple)
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not 0 < value[0] <= value[1]
+        or math.isinf(value[1])
+    ):
+        raise ConfigError(
+            "dead_letter_backoff must be (first, most) seconds with 0 < first <= most, "
+            f"got {value!r}"
+        )
 
 
 def _check_seconds(name: str, value: object) -> None:

@@ -46,7 +46,9 @@ class HandleContext:
     attempt: int
     """1 on the first delivery; counted across requeues and republished retries."""
     meta: dict[str, str]
-    """The ``x-aiobus-*`` metadata the delivery carried (attempt, original topic)."""
+    """The ``x-aiobus-*`` metadata the delivery carried (attempt, original topic, first
+    error), read only on the service's own retry route; empty for any other delivery, whose
+    ``x-aiobus-*`` headers are somebody else's and have no effect."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free for middleware (a span, a start time)."""
 

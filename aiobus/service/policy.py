@@ -55,10 +55,12 @@ def _check_give_up(value: object) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Requeue:
-    """Retry at once. Where the protocol counts deliveries and has nack (AMQP 1.0, RabbitMQ
-    quorum queues, memory) the message goes back to the broker and its delivery count bounds
-    the attempts; elsewhere (MQTT, classic queues without a count are counted per process) a
-    copy with an attempt header is republished to the subscriber's private retry topic."""
+    """Retry at once. Where the queue counts deliveries and the protocol has nack (RabbitMQ
+    quorum queues over 0-9-1 or AMQP 1.0, memory) the message goes back to the broker and its
+    delivery count, shared by every replica, bounds the attempts; where it does not (RabbitMQ
+    classic queues, MQTT) a copy carrying the attempt number is republished to the
+    subscriber's private retry topic and the original acked once the copy is confirmed. Which
+    kind a queue is, each subscription learns from its deliveries (``counting.py``)."""
 
     max_attempts: int = 3
     dead_letter: DeadLetter = field(default_factory=DeadLetter)

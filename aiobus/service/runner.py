@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Coroutine, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,16 +22,20 @@ from .carrier import (
     ATTEMPT,
     ERROR,
     ERROR_TYPE,
+    FIRST_ERROR,
+    LAST_ERROR,
     REASON,
     SUBSCRIBER,
     TOPIC,
     attempts_before,
 )
 from .codec import encode_value
+from .counting import QueueCounting, declared_counting
+from .deadletters import Backoff, is_retryable, wait_or_stop
 from .errors import NotSettled
 from .handler import SubscriberSpec
 from .middleware import HandleContext, Outbound, handle_chain
-from .policy import decide, describe
+from .policy import Decision, decide, describe
 
 if TYPE_CHECKING:
     from ..subscription import Subscription
@@ -39,7 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aiobus.service")
 
-_LOCAL_COUNTS = 10_000
+_FIRST_ERRORS = 10_000
+_ERROR_TEXT = 2000
 
 
 @dataclass(slots=True)
@@ -63,6 +68,21 @@ class Source:
     queue: str | None
     prefetch: int
     options: dict[str, Any]
+    trusted: bool = False
+    """The subscriber's private retry route: only what comes this way was published by the
+    service itself, so only here its ``x-aiobus-*`` metadata (headers or envelope) is read.
+    On any other subscription it is somebody else's and has no effect (docs/service.md)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a delivery came from: what its queue counts, and whether its metadata is ours."""
+
+    counting: QueueCounting
+    trusted: bool
+
+
+Lane = deque[tuple[Delivery, Origin, asyncio.Semaphore]]
 
 
 class Runner:
@@ -72,21 +92,19 @@ class Runner:
         spec: SubscriberSpec,
         sources: list[Source],
         retry_topic: str | None,
-        broker_requeue: bool,
     ) -> None:
         self.service = service
         self.spec = spec
         self.sources = sources
         self.retry_topic = retry_topic
-        self.broker_requeue = broker_requeue
         self.stats = SubscriberStats()
         self.handle = handle_chain(service.middleware, self._invoke)
-        self._subs: list[Subscription] = []
+        self._subs: list[tuple[Subscription, Origin]] = []
         self._stack = contextlib.AsyncExitStack()
         self._readers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lanes: dict[Hashable, deque[tuple[Delivery, asyncio.Semaphore]]] = {}
-        self._local_failures: OrderedDict[str, int] = OrderedDict()
+        self._lanes: dict[Hashable, Lane] = {}
+        self._first_errors: OrderedDict[str, str] = OrderedDict()
         self._slots: asyncio.Semaphore | None = None
 
     # -- life -----------------------------------------------------------------------------
@@ -94,20 +112,26 @@ class Runner:
     async def start(self) -> None:
         self._slots = asyncio.Semaphore(self.spec.concurrency)
         opener = self.service.open_subscription
+        topology = self.service.declared_topology()
         for source in self.sources:
             sub = await self._stack.enter_async_context(
                 opener(
                     source.pattern, queue=source.queue, prefetch=source.prefetch, **source.options
                 )
             )
-            self._subs.append(sub)
+            counting = QueueCounting(
+                declared_counting(self.service.bus.protocol, sub, source.queue, topology)
+            )
+            self._subs.append((sub, Origin(counting, source.trusted)))
         loop = asyncio.get_running_loop()
-        for sub in self._subs:
+        for sub, origin in self._subs:
             # Taken and not finished, per subscription: at most its prefetch. A reader never
             # holds a handler slot while it waits for a message (it would starve the other).
             inhand = asyncio.Semaphore(sub.spec.prefetch)
             self._readers.append(
-                loop.create_task(self._read(sub, inhand), name=f"aiobus reader {self.spec.name}")
+                loop.create_task(
+                    self._read(sub, origin, inhand), name=f"aiobus reader {self.spec.name}"
+                )
             )
 
     async def stop_reading(self) -> None:
@@ -120,7 +144,7 @@ class Runner:
         """
         gives_back = self.service.bus.capabilities.nack
         if not gives_back:
-            for sub in self._subs:
+            for sub, _ in self._subs:
                 sub.pause()
         for reader in self._readers:
             reader.cancel()
@@ -130,7 +154,7 @@ class Runner:
         self._readers.clear()
         if gives_back:
             return
-        for sub in self._subs:
+        for sub, origin in self._subs:
             released = asyncio.Semaphore(0)  # the reader's bound is over: nothing waits on it
             while sub.buffered:
                 try:
@@ -138,9 +162,9 @@ class Runner:
                 except (StopAsyncIteration, AiobusError):
                     break
                 if self.spec.key is not None:
-                    self._enqueue(delivery, released)
+                    self._enqueue(delivery, origin, released)
                 else:
-                    self._spawn(self._one(delivery, released))
+                    self._spawn(self._one(delivery, origin, released))
 
     async def wait_idle(self) -> None:
         while self._tasks:
@@ -167,7 +191,7 @@ class Runner:
 
     # -- reading and dispatch -------------------------------------------------------------
 
-    async def _read(self, sub: Subscription, inhand: asyncio.Semaphore) -> None:
+    async def _read(self, sub: Subscription, origin: Origin, inhand: asyncio.Semaphore) -> None:
         keyed = self.spec.key is not None
         try:
             while True:
@@ -178,9 +202,9 @@ class Runner:
                     inhand.release()
                     raise
                 if keyed:
-                    self._enqueue(delivery, inhand)
+                    self._enqueue(delivery, origin, inhand)
                 else:
-                    self._spawn(self._one(delivery, inhand))
+                    self._spawn(self._one(delivery, origin, inhand))
         except StopAsyncIteration:
             return
         except asyncio.CancelledError:
@@ -194,25 +218,25 @@ class Runner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _one(self, delivery: Delivery, inhand: asyncio.Semaphore) -> None:
+    async def _one(self, delivery: Delivery, origin: Origin, inhand: asyncio.Semaphore) -> None:
         assert self._slots is not None
         async with self._slots:
-            await self._process(delivery, None)
+            await self._process(delivery, origin, None)
         inhand.release()
 
-    def _enqueue(self, delivery: Delivery, inhand: asyncio.Semaphore) -> None:
+    def _enqueue(self, delivery: Delivery, origin: Origin, inhand: asyncio.Semaphore) -> None:
         assert self.spec.key is not None
         try:
             key = self.spec.key(delivery)
             if key is not None:
                 hash(key)  # an unhashable key fails this message here, not the reader
         except Exception as exc:  # a broken key function fails this message, not the service
-            self._spawn(self._lane_of_one(delivery, inhand, exc))
+            self._spawn(self._lane_of_one(delivery, origin, inhand, exc))
             return
         if key is None:
-            self._spawn(self._lane_of_one(delivery, inhand, None))
+            self._spawn(self._lane_of_one(delivery, origin, inhand, None))
             return
-        entry = (delivery, inhand)
+        entry = (delivery, origin, inhand)
         lane = self._lanes.get(key)
         if lane is not None:
             lane.append(entry)
@@ -221,22 +245,24 @@ class Runner:
         self._spawn(self._run_lane(key, lane))
 
     async def _lane_of_one(
-        self, delivery: Delivery, inhand: asyncio.Semaphore, error: Exception | None
+        self,
+        delivery: Delivery,
+        origin: Origin,
+        inhand: asyncio.Semaphore,
+        error: Exception | None,
     ) -> None:
         assert self._slots is not None
         async with self._slots:
-            await self._process(delivery, error)
+            await self._process(delivery, origin, error)
         inhand.release()
 
-    async def _run_lane(
-        self, key: Hashable, lane: deque[tuple[Delivery, asyncio.Semaphore]]
-    ) -> None:
+    async def _run_lane(self, key: Hashable, lane: Lane) -> None:
         assert self._slots is not None
         try:
             while lane:
-                delivery, inhand = lane[0]
+                delivery, origin, inhand = lane[0]
                 async with self._slots:
-                    await self._process(delivery, None)
+                    await self._process(delivery, origin, None)
                 lane.popleft()  # only now: until settled, the next one with this key waits
                 inhand.release()
         finally:
@@ -248,31 +274,22 @@ class Runner:
     async def _invoke(self, ctx: HandleContext) -> Any:
         return await self.spec.invoker(ctx.delivery)
 
-    def _attempt(self, delivery: Delivery, meta: dict[str, str]) -> int:
-        """1-based: failures recorded on a republished copy, plus this copy's deliveries.
-
-        The broker's delivery count is taken where it has one, but never below what this
-        process has counted itself for requeues of the same message id: a count that the
-        broker does not raise on a requeue (or starts at 0) must not make the bound endless.
-        """
-        before = attempts_before(meta)
-        local = 0
-        if self.broker_requeue and delivery.message_id:
-            local = self._local_failures.get(delivery.message_id, 0) + 1
-        return before + max(delivery.delivery_count or 0, local, 1)
-
-    async def _process(self, delivery: Delivery, early_error: Exception | None) -> None:
+    async def _process(
+        self, delivery: Delivery, origin: Origin, early_error: Exception | None
+    ) -> None:
         stats = self.stats
         stats.received += 1
         stats.in_progress += 1
         try:
-            meta = self.service.carrier.unwrap(delivery)
+            # Metadata counts only where the service put it: on its own retry route.
+            meta = self.service.carrier.unwrap(delivery) if origin.trusted else {}
             original = meta.get(TOPIC)
             if original:
                 delivery.topic = original
-            ctx = HandleContext(
-                self.service, self.spec.name, delivery, self._attempt(delivery, meta), meta
-            )
+            # 1-based: failures recorded on a republished copy, plus this copy's deliveries
+            # (the broker's count where its queue keeps one; a redelivery is at least 2).
+            attempt = attempts_before(meta) + origin.counting.deliveries(delivery)
+            ctx = HandleContext(self.service, self.spec.name, delivery, attempt, meta)
             if self.spec.ack == "first":
                 try:
                     await delivery.ack()
@@ -289,9 +306,9 @@ class Runner:
                 raise
             except Exception as exc:
                 stats.failed += 1
-                await self._failed(ctx, exc)
+                await self._failed(ctx, origin, exc)
             else:
-                await self._succeeded(ctx, result)
+                await self._succeeded(ctx, origin, result)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -301,12 +318,13 @@ class Runner:
         finally:
             stats.in_progress -= 1
 
-    async def _succeeded(self, ctx: HandleContext, result: Any) -> None:
+    async def _succeeded(self, ctx: HandleContext, origin: Origin, result: Any) -> None:
         delivery = ctx.delivery
         ack = self.spec.ack
         if ack == "manual" and not delivery.settled:
             await self._failed(
                 ctx,
+                origin,
                 NotSettled(
                     f"handler {self.spec.name} (ack='manual') returned without settling "
                     f"the message on {delivery.topic!r}"
@@ -318,7 +336,7 @@ class Runner:
                 body, content_type = encode_value(result)
             except TypeError as exc:
                 self.stats.failed += 1
-                await self._failed(ctx, exc)
+                await self._failed(ctx, origin, exc)
                 return
             try:
                 await self._reply(delivery, body, content_type, None)
@@ -330,9 +348,14 @@ class Runner:
             await delivery.ack()
         self.stats.succeeded += 1
         if delivery.message_id:
-            self._local_failures.pop(delivery.message_id, None)
+            self._first_errors.pop(delivery.message_id, None)
 
-    async def _failed(self, ctx: HandleContext, error: Exception) -> None:
+    def _can_requeue(self, origin: Origin) -> bool:
+        """A broker requeue is bounded only where the queue counts deliveries; until its
+        deliveries have shown which it is, one requeue is taken: the redelivery tells."""
+        return self.service.bus.capabilities.nack and origin.counting.counts is not False
+
+    async def _failed(self, ctx: HandleContext, origin: Origin, error: Exception) -> None:
         delivery = ctx.delivery
         name = self.spec.name
         if self.spec.ack == "first" or delivery.settled:
@@ -346,8 +369,15 @@ class Runner:
             )
             return
         decision = decide(
-            self.spec.on_error, ctx.attempt, error, broker_requeue=self.broker_requeue
+            self.spec.on_error, ctx.attempt, error, broker_requeue=self._can_requeue(origin)
         )
+        if decision.action == "republish" and self.retry_topic is None:
+            # Declared as counting deliveries, found not to: nothing can carry the count.
+            decision = Decision(
+                "dead_letter",
+                f"its queue keeps no delivery count, so attempt {ctx.attempt} cannot be "
+                f"retried without a retry queue ({describe(error)})",
+            )
         log.warning(
             "aiobus: %s failed attempt %d on %r: %s -> %s",
             name,
@@ -358,12 +388,11 @@ class Runner:
         )
         try:
             if decision.action == "requeue":
-                if delivery.message_id:
-                    self._count_local_failure(delivery.message_id)
+                self._remember_first_error(delivery, error)
                 await delivery.nack(requeue=True)
                 self.stats.requeued += 1
             elif decision.action == "republish":
-                copy = self._retry_copy(delivery, ctx.attempt)
+                copy = self._retry_copy(ctx, error)
                 if decision.delay > 0:
                     self.service.scheduler.schedule(decision.delay, lambda: self._send(copy))
                 else:
@@ -384,7 +413,7 @@ class Runner:
                         )
                 await self._dead_letter(ctx, error, decision.reason)
                 if delivery.message_id:
-                    self._local_failures.pop(delivery.message_id, None)
+                    self._first_errors.pop(delivery.message_id, None)
         except Exception as exc:
             log.error(
                 "aiobus: %s could not %s a failed message (%r); giving it back to the broker",
@@ -404,12 +433,22 @@ class Runner:
             with contextlib.suppress(AiobusError):
                 await delivery.nack(requeue=True)
 
-    def _count_local_failure(self, message_id: str) -> None:
-        counts = self._local_failures
-        counts[message_id] = counts.get(message_id, 0) + 1
-        counts.move_to_end(message_id)
-        while len(counts) > _LOCAL_COUNTS:
-            counts.popitem(last=False)
+    def _remember_first_error(self, delivery: Delivery, error: Exception) -> None:
+        """A broker requeue returns the message unchanged: its first error can only be kept
+        here (by message id, bounded), for the dead letter this process may write later."""
+        if not delivery.message_id:
+            return
+        errors = self._first_errors
+        errors.setdefault(delivery.message_id, describe(error))
+        errors.move_to_end(delivery.message_id)
+        while len(errors) > _FIRST_ERRORS:
+            errors.popitem(last=False)
+
+    def _first_error(self, ctx: HandleContext, error: Exception) -> str:
+        known = ctx.meta.get(FIRST_ERROR)
+        if known is None and ctx.delivery.message_id:
+            known = self._first_errors.get(ctx.delivery.message_id)
+        return known if known is not None else describe(error)
 
     # -- copies ---------------------------------------------------------------------------
 
@@ -426,13 +465,21 @@ class Runner:
                 options["correlation_id"] = delivery.correlation_id
             if delivery.reply_to is not None:
                 options["reply_to"] = delivery.reply_to
+        if service.bus.capabilities.unroutable:
+            # A copy nothing receives must fail its publish, not vanish: the original is only
+            # acked once its copy is somewhere.
+            options["mandatory"] = True
         return Outbound(topic, wrapped.body, kind, wrapped.headers, options)
 
-    def _retry_copy(self, delivery: Delivery, attempt: int) -> Outbound:
+    def _retry_copy(self, ctx: HandleContext, error: Exception) -> Outbound:
         assert self.retry_topic is not None
-        return self._copy(
-            delivery, self.retry_topic, {ATTEMPT: str(attempt), TOPIC: delivery.topic}, "retry"
-        )
+        delivery = ctx.delivery
+        meta = {
+            ATTEMPT: str(ctx.attempt),
+            TOPIC: delivery.topic,
+            FIRST_ERROR: self._first_error(ctx, error)[:_ERROR_TEXT],
+        }
+        return self._copy(delivery, self.retry_topic, meta, "retry")
 
     async def _send(self, call: Outbound) -> None:
         await self.service._publish(call)
@@ -452,11 +499,15 @@ class Runner:
             meta = {
                 ATTEMPT: str(ctx.attempt),
                 TOPIC: delivery.topic,
-                REASON: reason,
+                REASON: reason[:_ERROR_TEXT],
                 ERROR_TYPE: type(error).__name__,
+                FIRST_ERROR: self._first_error(ctx, error)[:_ERROR_TEXT],
+                LAST_ERROR: describe(error)[:_ERROR_TEXT],
                 SUBSCRIBER: self.spec.name,
             }
-            await self._send(self._copy(delivery, topic, meta, "dead_letter"))
+            await self._until_landed(
+                topic, lambda: self._copy(delivery, topic, meta, "dead_letter")
+            )
             log.error(
                 "aiobus: %s dead-lettered a message on %r to %r: %s",
                 self.spec.name,
@@ -466,6 +517,25 @@ class Runner:
             )
             await delivery.ack()
         self.stats.dead_lettered += 1
+
+    async def _until_landed(self, topic: str, make: Callable[[], Outbound]) -> None:
+        """Publish a dead letter, trying again with backoff while the original stays
+        unsettled; give up (raise) only when the service stops or the copy itself is bad."""
+        service = self.service
+        backoff = Backoff(*service.dead_letter_backoff)
+        bursts = service.dead_letter_failures
+        while True:
+            try:
+                await self._send(make())  # a fresh copy: middleware may change what it gets
+            except Exception as exc:
+                if not is_retryable(exc) or service.stopping.is_set():
+                    raise
+                bursts.failed(topic, self.spec.name, exc)
+                if await wait_or_stop(backoff.next_delay(), service.stopping):
+                    raise
+                continue
+            bursts.landed(topic)
+            return
 
     async def _reply(
         self, request: Delivery, body: bytes, content_type: str | None, error: BaseException | None
