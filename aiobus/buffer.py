@@ -95,8 +95,15 @@ class Mailbox(Generic[T]):
             if self._notice is not None:
                 self._unreported += 1
         items.append(item)
-        if self._readers:
-            self._wake_one()
+        readers = self._readers
+        if readers:
+            # The first waiter, inline (this runs once per delivery); one a cancelled reader
+            # left behind is passed over by ``_wake_one``.
+            waiter = readers.popleft()
+            if waiter.done():
+                self._wake_one()
+            else:
+                waiter.set_result(None)
         return True
 
     @property
@@ -104,7 +111,8 @@ class Mailbox(Generic[T]):
         """How many more items the producer should push: 0 while paused or full."""
         if self._paused:
             return 0
-        return max(0, self.capacity - len(self._items))
+        room = self.capacity - len(self._items)
+        return room if room > 0 else 0  # no max(): this runs once per delivery
 
     @property
     def buffered(self) -> int:

@@ -8,12 +8,13 @@ Bounded by construction: a message that is done (confirmed, failed, timed out, c
 leaves every structure at once, in constant time, so the outbox never holds more than
 ``max_buffered`` unfinished messages plus the window's written ones (a written message keeps
 its window slot until the broker answers or the link dies, since the broker still counts it).
+Nothing per message scans: the deadline sweep visits only what expires, plus the one message
+it stops at.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,43 +129,49 @@ class PublishFuture(asyncio.Future[Confirm]):
     be unsent, and its outcome is dropped.
     """
 
-    _message: Outgoing | None
-    _outbox: Outbox | None
-    _message_id: str
+    _message: Outgoing
+    _outbox: Outbox
 
     @property
     def message_id(self) -> str:
-        return self._message_id
+        return self._message.message_id
 
     def cancel(self, msg: Any | None = None) -> bool:
         if self.done():
             return False
-        message, outbox = self._message, self._outbox
-        if message is not None and outbox is not None and message.state != DONE:
-            outbox.finish(message)
+        if self._message.state != DONE:
+            self._outbox.finish(self._message)
         return super().cancel(msg)
 
 
 class Outbox:
+    """Every unfinished message is in exactly one of two structures, both dicts keyed by its
+    sequence number: ``queue`` (waiting to be written) or ``in_flight`` (written, until the
+    broker answers or the link dies; a written message that timed out keeps its slot there,
+    since the broker still counts it). Removal is a hash lookup; nothing is ever scanned per
+    message. Sequence numbers rise in call order, so the queue is taken from a cursor."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop, protocol: str, max_buffered: int) -> None:
         self._loop = loop
         self.protocol = protocol
         self.max_buffered = max_buffered
-        #: Unfinished messages waiting to be written, by sequence number in send order (call
-        #: order, with re-sends after a reconnect first). An ordered dict, not a deque, so a
-        #: message that finishes while queued leaves it at once.
-        self.queue: OrderedDict[int, Outgoing] = OrderedDict()
-        #: Written messages, until the broker settles them or the link dies (done or not).
+        #: Unfinished messages waiting to be written. Sent in sequence order from
+        #: ``_cursor`` (no queued message has a lower sequence number), which is call order
+        #: with re-sends after a reconnect first, since they were called first.
+        self.queue: dict[int, Outgoing] = {}
+        self._cursor = 1
+        #: Written messages, in the order they were written (ascending sequence numbers).
         self.in_flight: dict[int, Outgoing] = {}
         self.pending = 0
         """Messages not yet done: counted against ``max_buffered``."""
         self._seq = 0
         self._waiter: asyncio.Future[None] | None = None
         self._flush_waiters: list[asyncio.Future[None]] = []
-        # Deadlines: in call order they almost always rise (one default timeout), so unfinished
-        # messages whose deadline is not earlier than the last one's wait here in order for one
-        # sweep timer; the rare earlier one gets a timer of its own (``Outgoing.timer``).
-        self._by_deadline: OrderedDict[int, Outgoing] = OrderedDict()
+        # Deadlines: in call order they almost always rise (one default timeout). A message
+        # whose deadline is not earlier than every one before it is "swept": then deadline
+        # order is sequence order, so the next to expire is the first unfinished swept one in
+        # ``in_flight``, else at the queue's cursor, and one timer serves them all. The rare
+        # earlier one (a shorter per-publish timeout) gets a timer of its own.
         self._last_deadline = float("-inf")
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
@@ -178,7 +185,7 @@ class Outbox:
     def entries(self) -> int:
         """How many messages the outbox references: at most ``max_buffered`` unfinished plus
         the window's written ones (the bound tests check this after every operation)."""
-        return len(self.queue.keys() | self.in_flight.keys() | self._by_deadline.keys())
+        return len(self.queue) + len(self.in_flight)
 
     # -- entering -------------------------------------------------------------------------
 
@@ -192,14 +199,11 @@ class Outbox:
         fut = PublishFuture(loop=loop)
         fut._message = msg
         fut._outbox = self
-        fut._message_id = msg.message_id
         msg.future = fut
         self.queue[seq] = msg
         self.pending += 1
-
         if deadline >= self._last_deadline:
             self._last_deadline = deadline
-            self._by_deadline[seq] = msg
             # The sweep may be armed for a later deadline of a message that finished since.
             if self._timer is None or deadline < self._timer_when:
                 self._arm(deadline)
@@ -217,14 +221,19 @@ class Outbox:
         batch: list[Outgoing] = []
         queue = self.queue
         in_flight = self.in_flight
-        popitem = queue.popitem
-        while room > 0 and queue:
-            seq, msg = popitem(last=False)
+        pop = queue.pop
+        seq, top = self._cursor, self._seq
+        while room > 0 and queue and seq <= top:
+            msg = pop(seq, None)
+            seq += 1
+            if msg is None:
+                continue  # finished while queued, or written already
             msg.state = WRITTEN
             msg.sends += 1
-            in_flight[seq] = msg
+            in_flight[msg.seq] = msg
             batch.append(msg)
             room -= 1
+        self._cursor = seq
         return batch
 
     async def wait_for_work(self) -> None:
@@ -248,8 +257,8 @@ class Outbox:
         self._wake()
         if msg.state == DONE:
             return
-        fut = msg.future
         self.finish(msg)
+        fut = msg.future
         if fut is not None and not fut.done():
             fut.set_result(
                 Confirm(self.protocol, msg.message_id, broker_id, self._loop.time() - msg.created)
@@ -265,27 +274,21 @@ class Outbox:
             self._fail(msg, exc)
 
     def _fail(self, msg: Outgoing, exc: BaseException) -> None:
-        fut = msg.future
         self.finish(msg)
+        fut = msg.future
         if fut is not None and not fut.done():
             fut.set_exception(exc)
 
     def finish(self, msg: Outgoing) -> None:
-        """Mark done exactly once and drop it from every structure but the window (a written
-        message keeps its window slot until settled)."""
-        seq = msg.seq
+        """Mark done exactly once and drop it from the queue at once (a written message
+        keeps its window slot until settled)."""
         if msg.state == QUEUED:
-            self.queue.pop(seq, None)
+            del self.queue[msg.seq]
         msg.state = DONE
-        if self._by_deadline.pop(seq, None) is None and msg.timer is not None:
-            msg.timer.cancel()
-        msg.timer = None
-        fut = msg.future
-        if fut is not None:
-            # The future outlives the message in the caller's hands: let go of the body.
-            msg.future = None
-            fut._message = None
-            fut._outbox = None
+        timer = msg.timer
+        if timer is not None:
+            timer.cancel()
+            msg.timer = None
         self.pending -= 1
         if not self.pending:
             self._last_deadline = float("-inf")
@@ -304,15 +307,38 @@ class Outbox:
         self._timer = self._loop.call_at(when, self._sweep)
 
     def _sweep(self) -> None:
+        """Time out every swept message whose deadline has passed, in one pass: the written
+        ones first (their sequence numbers are all lower), then the queue from its cursor;
+        then arm for the next one."""
         self._timer = None
         now = self._loop.time()
-        by_deadline = self._by_deadline
-        while by_deadline:
-            msg = next(iter(by_deadline.values()))
+        expired: list[Outgoing] = []
+        nxt: float | None = None
+        for msg in self.in_flight.values():
+            if msg.state == DONE or msg.timer is not None:
+                continue
             if msg.deadline > now:
-                self._arm(msg.deadline)
-                return
-            self._time_out(msg)  # leaves ``by_deadline`` through ``finish``
+                nxt = msg.deadline
+                break
+            expired.append(msg)
+        if nxt is None:
+            queue = self.queue
+            seq, top = self._cursor, self._seq
+            while seq <= top:
+                queued = queue.get(seq)
+                if queued is None:
+                    if seq == self._cursor:
+                        self._cursor = seq + 1  # nothing below it is queued any more
+                elif queued.timer is None:
+                    if queued.deadline > now:
+                        nxt = queued.deadline
+                        break
+                    expired.append(queued)
+                seq += 1
+        for msg in expired:
+            self._time_out(msg)
+        if nxt is not None:
+            self._arm(nxt)
 
     def _expire(self, msg: Outgoing) -> None:
         msg.timer = None
@@ -327,7 +353,7 @@ class Outbox:
 
     def link_lost(self) -> None:
         """In-flight messages: re-sent first, in order, on the next link, or failed by policy."""
-        resend = []
+        queue = self.queue
         for msg in self.in_flight.values():
             if msg.state == DONE:
                 continue
@@ -335,12 +361,10 @@ class Outbox:
                 self._fail(msg, LinkLost(maybe_delivered=True))
             else:
                 msg.state = QUEUED
-                resend.append(msg)
+                queue[msg.seq] = msg
+                if msg.seq < self._cursor:
+                    self._cursor = msg.seq
         self.in_flight.clear()
-        queue = self.queue
-        for msg in reversed(resend):
-            queue[msg.seq] = msg
-            queue.move_to_end(msg.seq, last=False)
         self._fail_queued_by_policy()
 
     def fail_unsent(self, msg: Outgoing) -> None:

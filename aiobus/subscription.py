@@ -35,6 +35,12 @@ class Subscription:
         #: The buffer's bound (prefetch): the consumer keeps ``room`` at or above 0.
         self.capacity = spec.prefetch
         self._mailbox: Mailbox[Delivery] = Mailbox(spec.prefetch)
+        #: The consumer's side (``DeliverySink.push``): buffer a delivery; False once the
+        #: subscription has ended. An unsettled delivery refused then goes back to the broker
+        #: with the cancelled consumer; a pre-settled one (MQTT QoS 0, ``no_ack``) is gone, as
+        #: it would be had the process stopped. The mailbox's own method: one call per
+        #: delivery, not two.
+        self.push: Callable[[Delivery], bool] = self._mailbox.push
         self._entered = False
         self.consumer: Consumer | None = None
         #: The core's record of this subscription on the current link (``aiobus.attachment``).
@@ -120,12 +126,6 @@ class Subscription:
         )
 
     # -- the consumer's side (DeliverySink) -----------------------------------------------
-
-    def push(self, delivery: Delivery) -> bool:
-        """Buffer a delivery; False once the subscription has ended. An unsettled delivery
-        refused then goes back to the broker with the cancelled consumer; a pre-settled one
-        (MQTT QoS 0, ``no_ack``) is gone, as it would be had the process stopped."""
-        return self._mailbox.push(delivery)
 
     @property
     def room(self) -> int:

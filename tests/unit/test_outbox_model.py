@@ -105,8 +105,9 @@ class OutboxMachine(RuleBasedStateMachine):
     def done_messages_are_gone(self) -> None:
         for msg in self.outbox.queue.values():
             assert msg.state == QUEUED
-        for msg in self.outbox._by_deadline.values():
-            assert msg.state != DONE
+        for msg in self.outbox.in_flight.values():
+            assert msg.state in (WRITTEN, DONE)
+        assert all(seq >= self.outbox._cursor for seq in self.outbox.queue)
 
     @invariant()
     def pending_counts_the_unfinished(self) -> None:
