@@ -28,12 +28,12 @@ from .errors import (
     ConnectError,
     ConnectionClosed,
     ConnectTimeout,
-    InvalidMessage,
     LinkDown,
     MessageTooLarge,
     NotSupported,
-    PublishError,
     TransientConnectError,
+    describe,
+    unsendable,
 )
 from .events import Event, EventHub, EventStream, State
 from .lifecycle import OPEN_STATES, Deadline, Trigger, next_state
@@ -975,31 +975,10 @@ def encode_each(link: Link, outbox: Outbox, batch: list[Outgoing]) -> list[Outgo
         except LinkDown:
             raise  # the one wire error an encoder may name (its link is already gone)
         except Exception as exc:
-            outbox.fail(msg, as_message_error(msg, exc, link.protocol))
+            outbox.fail(msg, unsendable(msg.message_id, msg.topic, link.protocol, exc))
         else:
             ready.append(msg)
     return ready
-
-
-def as_message_error(msg: Outgoing, exc: Exception, protocol: str) -> PublishError:
-    """An aiobus publish error keeps its type; a driver's encoding error becomes an
-    ``InvalidMessage`` that names the message and keeps the driver's error as the cause."""
-    if isinstance(exc, PublishError):
-        return exc
-    error = InvalidMessage(
-        f"message {msg.message_id} to {msg.topic!r} cannot be sent over {protocol}: "
-        f"{describe(exc)}"
-    )
-    error.__cause__ = exc
-    return error
-
-
-def describe(exc: BaseException) -> str:
-    """An error for a log line or an event: its type always, its text when it has one."""
-    text = str(exc)
-    if isinstance(exc, AiobusError) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _stamp(event: Event, now: float) -> Event:

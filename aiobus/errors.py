@@ -177,3 +177,24 @@ class SubscriptionNotEntered(AiobusError, RuntimeError):
 
 class AlreadySettled(AiobusError):
     """The delivery was already acked, nacked or rejected."""
+
+
+def describe(exc: BaseException) -> str:
+    """An error for a log line or an event: its type always, its text when it has one."""
+    text = str(exc)
+    if isinstance(exc, AiobusError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def unsendable(message_id: str, topic: str, protocol: str, exc: BaseException) -> PublishError:
+    """The per-message channel's error for a driver's refusal to encode a message: an
+    ``InvalidMessage`` naming the message, the driver's error as its cause. An aiobus
+    publish error keeps its type."""
+    if isinstance(exc, PublishError):
+        return exc
+    error = InvalidMessage(
+        f"message {message_id} to {topic!r} cannot be sent over {protocol}: {describe(exc)}"
+    )
+    error.__cause__ = exc
+    return error

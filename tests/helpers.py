@@ -54,3 +54,26 @@ class Attempts(aiobus.Middleware):
     async def on_handle(self, ctx: aiobus.HandleContext, call_next: Any) -> Any:
         self.seen.append(ctx.attempt)
         return await call_next(ctx)
+
+
+class Pushes:
+    """Wakes a waiter whenever the consumer pushes a delivery into ``sub``'s buffer: the
+    library has no event for a buffer's fill, so the subscription's ``push`` is wrapped
+    (observed, not replaced) to wait on the condition without polling."""
+
+    def __init__(self, sub: aiobus.Subscription) -> None:
+        self._changed = asyncio.Event()
+        original = sub.push
+
+        def push(delivery: aiobus.Delivery) -> bool:
+            accepted = original(delivery)
+            self._changed.set()
+            return accepted
+
+        sub.push = push
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()

@@ -55,6 +55,7 @@ from ..errors import (
     SubscriptionError,
     TransientConnectError,
     Unroutable,
+    unsendable,
 )
 from ..message import Delivery
 from ..settings import AmqpOptions, options_as
@@ -638,7 +639,7 @@ class Amqp091Link(Link):
         elif isinstance(exc, _CODEC_ERRORS) and not isinstance(exc, _WIRE_ERRORS):
             # Named, not assumed: only what pamqp raises for a value it cannot encode is
             # this message's fault (raised before anything was written).
-            self.hooks.failed(msg, refused_by_codec(msg, exc))
+            self.hooks.failed(msg, unsendable(msg.message_id, msg.topic, "AMQP 0-9-1", exc))
         else:
             # Anything else (a closed channel or connection, a confirmation aiormq ended
             # with CancelledError): the wire. The core re-sends it on the next link (or
@@ -859,15 +860,6 @@ def size_refused(exc: BaseException) -> int | None:
     """The limit RabbitMQ states when it closes a channel with 406 for a message's size."""
     found = _SIZE_REFUSAL.search(f"{_reply_text(exc)} {exc}")
     return int(found.group(2)) if found else None
-
-
-def refused_by_codec(msg: Outgoing, exc: BaseException) -> InvalidMessage:
-    error = InvalidMessage(
-        f"message {msg.message_id} to {msg.topic!r} cannot be sent over AMQP 0-9-1: "
-        f"{type(exc).__name__}: {exc}"
-    )
-    error.__cause__ = exc
-    return error
 
 
 def check_short_strings(msg: Outgoing) -> None:

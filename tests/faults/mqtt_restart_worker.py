@@ -18,36 +18,13 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import aiobus
+from tests.helpers import Pushes
 
 IN_HAND = 2
 BUFFERED = 3
-
-
-class Pushes:
-    """Wakes a waiter whenever the consumer pushes a delivery into ``sub``'s buffer: the
-    library has no event for a buffer's fill, so the subscription's ``push`` is wrapped
-    (observed, not replaced) to wait on the condition without polling."""
-
-    def __init__(self, sub: aiobus.Subscription) -> None:
-        self._changed = asyncio.Event()
-        original = sub.push
-
-        def push(delivery: aiobus.Delivery) -> bool:
-            accepted = original(delivery)
-            self._changed.set()
-            return accepted
-
-        sub.push = push  # type: ignore[method-assign]
-
-    async def until(self, condition: Callable[[], bool], timeout: float = 10) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
 
 
 async def hold(url: str, topic: str, options: dict[str, Any]) -> None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import aiobus
-from tests.helpers import unique
+from tests.helpers import Pushes, unique
 from tests.integration.mqtt_support import link_of
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.3, "close_timeout": 3}
@@ -43,29 +42,6 @@ def persistent(protocol: int, client_id: str) -> dict[str, Any]:
         else {"clean_session": False}
     )
     return {"protocol": protocol, "client_id": client_id, **session, **FAST}
-
-
-class Pushes:
-    """Wakes a waiter whenever the consumer pushes a delivery into ``sub``'s buffer: the
-    library has no event for a buffer's fill, so the subscription's ``push`` is wrapped
-    (observed, not replaced) to wait on the condition without polling."""
-
-    def __init__(self, sub: aiobus.Subscription) -> None:
-        self._changed = asyncio.Event()
-        original = sub.push
-
-        def push(delivery: aiobus.Delivery) -> bool:
-            accepted = original(delivery)
-            self._changed.set()
-            return accepted
-
-        sub.push = push  # type: ignore[method-assign]
-
-    async def until(self, condition: Callable[[], bool], timeout: float = 10) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
 
 
 async def publish(url: str, protocol: int, topic: str, bodies: list[str]) -> None:
