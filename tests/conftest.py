@@ -4,8 +4,10 @@ no-skip rule."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 import uvloop
@@ -61,3 +63,36 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for nodeid in _skipped:
             print(f"  {nodeid}")
         session.exitstatus = 1
+
+
+#: What asyncio says when an outcome was lost: an exception nobody retrieved, a task
+#: destroyed while still pending. Any of these during a test fails it.
+LOST_OUTCOMES = ("exception was never retrieved", "Task was destroyed but it is pending")
+
+
+class _LostOutcomes(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if any(text in message for text in LOST_OUTCOMES):
+            self.seen.append(message.splitlines()[0])
+
+
+@pytest.fixture(autouse=True)
+def no_lost_outcomes() -> Iterator[None]:
+    """Fails a test in which asyncio reported an exception that was never retrieved or a
+    task destroyed while pending. They are reported when the future is collected, so the
+    garbage is collected at the test's end, while this handler still listens."""
+    handler = _LostOutcomes()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+        gc.collect()
+    finally:
+        logger.removeHandler(handler)
+    if handler.seen:
+        pytest.fail("asyncio lost an outcome during this test: " + "; ".join(handler.seen))

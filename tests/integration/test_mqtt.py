@@ -569,6 +569,9 @@ class _Proxy:
             while data := await src.read(65536):
                 if not self.stalled:
                     dst.write(data)
+        if self.stalled:
+            return  # half-open: not even the far side's close gets through (the broker's
+            # own keep-alive would otherwise close the link before the client notices)
         with contextlib.suppress(OSError):
             dst.close()
 
