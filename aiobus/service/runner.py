@@ -312,8 +312,9 @@ class Runner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Settling failed (link died, connection closed): the delivery is unsettled and
-            # the broker takes it back; the service goes on.
+            # Settling failed (link died, connection closed): the delivery is unsettled; the
+            # broker delivers it again where it can (AMQP; MQTT on a persistent session).
+            # The service goes on.
             log.warning("aiobus: %s could not settle a message: %r", self.spec.name, exc)
         finally:
             stats.in_progress -= 1

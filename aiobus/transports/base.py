@@ -152,9 +152,9 @@ class LinkHooks:
 
     def notify(self, kind: str, reason: str, error: BaseException | None = None) -> None:
         """Tell the application something happened on this link that it cannot see
-        otherwise (an inbound message that could not be decoded and was settled, a QoS 0
-        message dropped for a full subscription, a session taken over): an ``Event`` of
-        ``kind`` in ``events()`` and a log line. Ignored once the link is lost."""
+        otherwise (AMQP 1.0: an inbound message that could not be decoded and was settled,
+        ``delivery_undecodable``): an ``Event`` of ``kind`` in ``events()`` and a log line.
+        Ignored once the link is lost."""
         if self.alive and self._notify is not None:
             self._notify(kind, reason, error)
 
