@@ -528,7 +528,7 @@ class Connection:
             raise
         if attachment.attaching(attempt) and link.hooks.alive:
             attachment.move(SubscriptionState.ATTACHED)
-            attachment.consumer = sub.consumer = consumer
+            attachment.consumer = consumer
             ended = attachment.ended
             if ended is not None:  # ended by the broker before the attach returned
                 self._consumer_lost(sub, ended)
@@ -793,7 +793,6 @@ class Connection:
         if attachment.state is not SubscriptionState.ATTACHED:
             return
         attachment.move(SubscriptionState.DETACHED)
-        sub.consumer = None
         if id(sub) in self._reattached:
             # Ended again on the same link: re-attaching would only loop.
             self._subscription_failed(sub, error)
@@ -852,7 +851,6 @@ class Connection:
 
     def _subscription_failed(self, sub: Subscription, error: BaseException) -> None:
         sub._attachment.move(SubscriptionState.FAILED)
-        sub.consumer = None
         sub._fail(error)
         log.error("aiobus: subscription %r is not receiving: %s", sub.pattern, describe(error))
         self._emit(Event("subscription_failed", self._state, reason=describe(error), error=error))
@@ -881,7 +879,6 @@ class Connection:
         attachment = sub._attachment
         consumer = attachment.consumer
         attachment.move(SubscriptionState.CLOSING)  # an attach under way cancels its own
-        sub.consumer = None
         try:
             if consumer is not None and consumer.alive:
                 reason: CancelReason = (

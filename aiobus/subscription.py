@@ -42,13 +42,17 @@ class Subscription:
         #: delivery, not two.
         self.push: Callable[[Delivery], bool] = self._mailbox.push
         self._entered = False
-        self.consumer: Consumer | None = None
         #: The core's record of this subscription on the current link (``aiobus.attachment``).
         self._attachment = Attachment()
 
     @property
     def pattern(self) -> str:
         return self.spec.pattern
+
+    @property
+    def consumer(self) -> Consumer | None:
+        """Its consumer on the current link, while attached (kept by ``_attachment``)."""
+        return self._attachment.consumer
 
     @property
     def live(self) -> bool:
@@ -156,7 +160,6 @@ class Subscription:
 
     def _link_lost(self) -> None:
         """Drop buffered deliveries the broker will send again; keep those it will not."""
-        self.consumer = None
         self._mailbox.on_space(None)
         self._mailbox.drop_if(_returns_on_loss)
 
@@ -169,7 +172,6 @@ class Subscription:
         go back to the broker with the consumer; pre-settled ones are gone) and every reader
         ends, with ``StopAsyncIteration``, or ``ConnectionClosed`` when the connection
         closed."""
-        self.consumer = None
         mailbox = self._mailbox
         mailbox.on_space(None)
         mailbox.clear()
