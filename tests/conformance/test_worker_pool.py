@@ -62,9 +62,13 @@ async def _publish_all(bus: aiobus.Connection, topic: str) -> None:
     await asyncio.gather(*(bus.publish(topic, str(i)) for i in range(MESSAGES)))
 
 
-async def test_a_worker_pool_shares_one_subscription_and_ends_when_it_leaves(
-    target: Target,
+@pytest.mark.parametrize("ending", ["subscription_leaves", "connection_closes"])
+async def test_a_worker_pool_shares_one_subscription_and_every_worker_ends(
+    target: Target, ending: str
 ) -> None:
+    """Each message to exactly one of the workers; all of them end: their ``async for``
+    just stops when the subscription leaves, and raises ``ConnectionClosed`` when the
+    connection closes."""
     topic = target.topic(target.unique(), "pool")
     async with aiobus.connect(target.url, **target.options) as bus:
         async with target.subscribe(bus, topic) as sub:
@@ -72,24 +76,13 @@ async def test_a_worker_pool_shares_one_subscription_and_ends_when_it_leaves(
             await _publish_all(bus, topic)
             async with asyncio.timeout(20):
                 await pool.all_received.wait()
-        assert await pool.outcomes() == [None] * WORKERS  # each ``async for`` just ended
-        pool.check_each_message_reached_exactly_one_worker()
-    assert not other_tasks()
-
-
-async def test_every_worker_ends_with_connection_closed_when_the_connection_closes(
-    target: Target,
-) -> None:
-    topic = target.topic(target.unique(), "pool")
-    async with aiobus.connect(target.url, **target.options) as bus:
-        async with target.subscribe(bus, topic) as sub:
-            pool = WorkerPool(sub)
-            await _publish_all(bus, topic)
-            async with asyncio.timeout(20):
-                await pool.all_received.wait()
-            await bus.close()
-            outcomes = await pool.outcomes()
-        assert all(isinstance(o, aiobus.ConnectionClosed) for o in outcomes), outcomes
+            if ending == "connection_closes":
+                await bus.close()
+                outcomes = await pool.outcomes()
+        if ending == "subscription_leaves":
+            assert await pool.outcomes() == [None] * WORKERS
+        else:
+            assert all(isinstance(o, aiobus.ConnectionClosed) for o in outcomes), outcomes
         pool.check_each_message_reached_exactly_one_worker()
     assert not other_tasks()
 
