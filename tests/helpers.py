@@ -77,3 +77,12 @@ class Pushes:
             while not condition():
                 self._changed.clear()
                 await self._changed.wait()
+
+
+def mqtt_persistent_session(protocol: int, client_id: str, **options: Any) -> dict[str, Any]:
+    """Options for an MQTT session the broker keeps across connections: 3.1.1
+    ``clean_session=False``; MQTT 5 also a session expiry."""
+    session: dict[str, Any] = {"clean_session": False}
+    if protocol == 5:
+        session["session_expiry"] = 600
+    return {"protocol": protocol, "client_id": client_id, **session, **options}

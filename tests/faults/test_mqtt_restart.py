@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import aiobus
-from tests.helpers import unique
+from tests.helpers import mqtt_persistent_session, unique
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.5, "close_timeout": 3}
@@ -41,12 +41,7 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 
 
 def session_options(protocol: int, client_id: str) -> dict[str, Any]:
-    persistent: dict[str, Any] = (
-        {"session_expiry": 600, "clean_session": False}
-        if protocol == 5
-        else {"clean_session": False}
-    )
-    return {"protocol": protocol, "client_id": client_id, **persistent, **FAST}
+    return mqtt_persistent_session(protocol, client_id, **FAST)
 
 
 class Worker:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import aiobus
-from tests.helpers import Pushes, unique
+from tests.helpers import Pushes, mqtt_persistent_session, unique
 from tests.integration.mqtt_support import link_of
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.3, "close_timeout": 3}
@@ -36,12 +36,7 @@ def url(request: pytest.FixtureRequest) -> str:
 
 
 def persistent(protocol: int, client_id: str) -> dict[str, Any]:
-    session: dict[str, Any] = (
-        {"session_expiry": 600, "clean_session": False}
-        if protocol == 5
-        else {"clean_session": False}
-    )
-    return {"protocol": protocol, "client_id": client_id, **session, **FAST}
+    return mqtt_persistent_session(protocol, client_id, **FAST)
 
 
 async def publish(url: str, protocol: int, topic: str, bodies: list[str]) -> None:
