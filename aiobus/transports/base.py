@@ -140,6 +140,12 @@ class LinkHooks:
         ``Link.encode`` fails a larger message alone instead of writing it."""
         return self._outbox.size_limit
 
+    def for_side_link(self, loop: asyncio.AbstractEventLoop) -> LinkHooks:
+        """Hooks for a short-lived link an adapter opens for its own purposes (MQTT 3.1.1
+        ends a session by a clean connect): it publishes and attaches nothing, so it needs
+        no ears of the core beyond knowing when it dies."""
+        return LinkHooks(self._outbox, self.generation, loop)
+
     def lost(self, exc: BaseException) -> None:
         """The link is dead. Safe to call more than once and from any callback."""
         if self.alive:

@@ -980,7 +980,7 @@ class MqttLink(Link):
     async def _end_session_by_clean_connect(self) -> None:
         opts = dataclasses.replace(self.opts, clean_session=True)
         settings = dataclasses.replace(self.settings, options=opts)
-        hooks = LinkHooks(self.hooks._outbox, self.hooks.generation, self._loop)
+        hooks = self.hooks.for_side_link(self._loop)
         cleaner = MqttLink(settings, self.endpoint, self.credentials, hooks)
         cleaner.session.connected_once = True  # not a connection of its own: no INFO line
         try:
