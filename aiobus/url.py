@@ -131,9 +131,14 @@ class _Parts:
     query: str
     fragment: str
 
-    def shown(self) -> str:
+    def shown(self, *, bare_user: bool = True) -> str:
+        """The URL from its parts, the password as ``***``. ``bare_user=False``: a user name
+        with no password after it is shown as ``***`` too (it may be a password typed
+        without its user)."""
         user = ""
-        if self.username is not None:
+        if not bare_user and self.username is not None and not self.has_password:
+            user = "***@"
+        elif self.username is not None:
             user = self.username + (":***" if self.has_password else "") + "@"
         query = "?" + self.query if self.query else ""
         fragment = "#" + self.fragment if self.fragment else ""
@@ -209,8 +214,11 @@ def _parse_one(url: str, kwargs: Mapping[str, Any]) -> Settings:
     scheme = parts.scheme
     info = SCHEMES.get(scheme)
     if info is None:
+        # An unknown scheme means the text may not be the URL it looks like (an unencoded
+        # password can read as a user name): a bare user name is not shown.
         raise ConfigError(
-            f"unknown URL scheme {scheme!r} in {shown!r} (expected one of {_schemes()})"
+            f"unknown URL scheme {scheme!r} in {parts.shown(bare_user=False)!r} "
+            f"(expected one of {_schemes()})"
         )
     if parts.fragment:
         raise ConfigError(

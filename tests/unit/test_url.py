@@ -205,3 +205,11 @@ def test_out_of_range_ports_are_rejected(port: int) -> None:
 def test_arbitrary_text_raises_only_config_error(text: str) -> None:
     with contextlib.suppress(aiobus.ConfigError):
         parse(text)
+
+
+def test_an_unknown_scheme_does_not_show_a_bare_user_that_may_be_a_password() -> None:
+    # Found by the secrets property test: an unencoded password "//Pw00" after "a:" reads as
+    # the user name of "a://Pw00@h".
+    with pytest.raises(aiobus.ConfigError, match="unknown URL scheme") as info:
+        parse("a://Pw00@h")
+    assert "Pw00" not in str(info.value)
