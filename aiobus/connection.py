@@ -51,7 +51,6 @@ log = logging.getLogger("aiobus")
 ABORT_GRACE = 0.05
 
 
-
 class Connection:
     """``async with aiobus.connect(url) as bus``: publish, subscribe, and watch the link."""
 
@@ -181,9 +180,7 @@ class Connection:
         cancels = [self._cancel_consumer(s, reason="closing") for s in consumers]
         if (cancels or self._background) and self._live_link() is not None:
             # Also the cancels of subscriptions that left before the close.
-            await deadline.run(
-                asyncio.gather(*cancels, *self._background, return_exceptions=True)
-            )
+            await deadline.run(asyncio.gather(*cancels, *self._background, return_exceptions=True))
         else:
             for cancel in cancels:
                 cancel.close()

@@ -495,11 +495,13 @@ class MqttLink(Link):
         self._die(LinkDown(f"the broker disconnected: {text}"))
 
     def _refused_by_size(self) -> None:
-        """DISCONNECT 0x95 names no packet. The messages in flight over the broker's Maximum
-        Packet Size (CONNACK, or a limit learned before) fail alone. Where the broker never
-        stated one, the largest in flight is blamed once it is the largest at two refusals
-        in a row (one byte less becomes the limit): a small message that happened to be in
-        flight when an oversized QoS 0 one went out is not failed for it."""
+        """DISCONNECT 0x95 names no packet. The messages in flight over the limit we know
+        (CONNACK's Maximum Packet Size, or one learned before) fail alone. ``encode`` keeps
+        anything over that limit off the wire, so a refusal with nothing in flight over it
+        disproves it, and so does a broker that stated no limit at all: then the largest in
+        flight is blamed once it is the largest at two refusals in a row (one byte less
+        becomes the limit). A small message that happened to be in flight when an oversized
+        QoS 0 one went out is not failed for it, and a wrong limit never makes a loop."""
         hooks = self.hooks
         sized = [(self.encoded_size(self.settings, msg), msg) for msg in hooks.in_flight()]
         if not sized:
@@ -509,10 +511,12 @@ class MqttLink(Link):
         learned = hooks.size_limit
         if learned is not None:
             limit = learned if limit is None else min(limit, learned)
-        if limit is None:
+        if limit is None or all(size <= limit for size, _ in sized):
             largest_size, largest = max(sized, key=lambda pair: pair[0])
-            suspect, session.size_suspect = session.size_suspect, largest
-            if suspect is not largest:
+            # By sequence number, not the message: a suspect re-sent and confirmed is not
+            # kept alive (body included) until the next refusal.
+            suspect, session.size_suspect = session.size_suspect, largest.seq
+            if suspect != largest.seq:
                 return  # the link is lost and it is re-sent; a second refusal decides
             limit = largest_size - 1
         session.size_suspect = None

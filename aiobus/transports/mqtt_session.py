@@ -73,9 +73,9 @@ class Session:
         self.max_qos = 2
         self.retain_available = True
         self.shared_available = True
-        #: The largest message in flight at a DISCONNECT 0x95 from a broker that states no
-        #: Maximum Packet Size: blamed only if it is the largest again at the next 0x95.
-        self.size_suspect: Any = None
+        #: The sequence number of the largest message in flight at a DISCONNECT 0x95 that
+        #: no known limit explains: blamed only if it is the largest again at the next 0x95.
+        self.size_suspect: int | None = None
         #: Outgoing QoS 2 packet ids whose PUBREC came: on a resumed session the PUBREL is
         #: sent again instead of the message.
         self.pubrec: set[int] = set()

@@ -56,6 +56,7 @@ def stream_transport(transport: asyncio.BaseTransport) -> StreamTransport:
 
 # The protocol's own methods, for the error text (derived, so the two cannot drift apart).
 _STREAM_METHODS = tuple(
-    name for name, value in vars(StreamTransport).items()
+    name
+    for name, value in vars(StreamTransport).items()
     if callable(value) and not name.startswith("_")
 )
