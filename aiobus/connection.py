@@ -539,6 +539,8 @@ class Connection:
         limit = self.options.max_in_flight
         hooks = link.hooks
         encodes = link.encodes
+        if hooks.alive:
+            outbox.withdraw = link.withdraw  # cleared by ``Outbox.link_lost``
         try:
             while True:
                 window = limit if link.max_in_flight is None else min(limit, link.max_in_flight)

@@ -139,7 +139,16 @@ class MessageTooLarge(InvalidMessage):
 
 
 class PublishTimeout(PublishError, TimeoutError):
-    """Not settled by the broker before the message's deadline."""
+    """Not settled by the broker before the message's deadline.
+
+    ``maybe_delivered`` is False when the message never left this process (still queued, or
+    held by the link waiting for credit and withdrawn at the deadline: it is never sent
+    after), True when it was written and the broker may or may not have it.
+    """
+
+    def __init__(self, *args: object, maybe_delivered: bool = True) -> None:
+        super().__init__(*args)
+        self.maybe_delivered = maybe_delivered
 
 
 class BufferFull(PublishError):

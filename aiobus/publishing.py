@@ -15,6 +15,7 @@ it stops at.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,8 +126,10 @@ class Outgoing:
 class PublishFuture(asyncio.Future[Confirm]):
     """Resolves with a ``Confirm`` on the broker's settlement, or fails with a ``PublishError``.
 
-    Cancelling it withdraws the message if it has not been written yet; once written it cannot
-    be unsent, and its outcome is dropped.
+    Cancelling it withdraws the message if it has not been written yet (an adapter that holds
+    written messages before the wire, as AMQP 1.0 does while it waits for link credit, gives
+    them back: ``Link.withdraw``); once on the wire it cannot be unsent, and its outcome is
+    dropped.
     """
 
     _message: Outgoing
@@ -139,8 +142,11 @@ class PublishFuture(asyncio.Future[Confirm]):
     def cancel(self, msg: Any | None = None) -> bool:
         if self.done():
             return False
-        if self._message.state != DONE:
-            self._outbox.finish(self._message)
+        message = self._message
+        if message.state != DONE:
+            if message.state == WRITTEN:
+                self._outbox.withdraw_written(message)
+            self._outbox.finish(message)
         return super().cancel(msg)
 
 
@@ -175,8 +181,12 @@ class Outbox:
         self._last_deadline = float("-inf")
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
-        #: The smallest size limit a broker's refusal stated on this connection.
+        #: The smallest size limit a broker stated on this connection (in a refusal, or
+        #: where its protocol announces one).
         self.size_limit: int | None = None
+        #: The live link's ``Link.withdraw`` (set by the pump, cleared when the link is
+        #: lost): takes back a written message the adapter still holds unsent.
+        self.withdraw: Callable[[Outgoing], bool] | None = None
 
     def learn_size_limit(self, limit: int) -> None:
         if self.size_limit is None or limit < self.size_limit:
@@ -346,13 +356,35 @@ class Outbox:
             self._time_out(msg)
 
     def _time_out(self, msg: Outgoing) -> None:
-        what = "waiting to be sent" if msg.state == QUEUED else "waiting for the broker"
-        self._fail(msg, PublishTimeout(f"message {msg.message_id} still {what} at its deadline"))
+        if msg.state == QUEUED:
+            what, maybe_delivered = "waiting to be sent", False
+        elif self.withdraw_written(msg):
+            what, maybe_delivered = "waiting for the link to take it (withdrawn)", False
+        else:
+            what, maybe_delivered = "waiting for the broker", True
+        self._fail(
+            msg,
+            PublishTimeout(
+                f"message {msg.message_id} still {what} at its deadline",
+                maybe_delivered=maybe_delivered,
+            ),
+        )
+
+    def withdraw_written(self, msg: Outgoing) -> bool:
+        """Take back a written message that the link still holds unsent (``Link.withdraw``):
+        it leaves the window, never to be sent. False where it may be on the wire."""
+        withdraw = self.withdraw
+        if withdraw is None or not withdraw(msg):
+            return False
+        del self.in_flight[msg.seq]
+        self._wake()
+        return True
 
     # -- link life ------------------------------------------------------------------------
 
     def link_lost(self) -> None:
         """In-flight messages: re-sent first, in order, on the next link, or failed by policy."""
+        self.withdraw = None
         queue = self.queue
         for msg in self.in_flight.values():
             if msg.state == DONE:

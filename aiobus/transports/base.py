@@ -128,6 +128,11 @@ class LinkHooks:
         if self.alive:
             self._outbox.fail(msg, MessageTooLarge(size, limit))
 
+    def size_limit_stated(self, limit: int) -> None:
+        """The broker announced its message size limit (AMQP 1.0 ``max-message-size`` on
+        attach): ``publish()`` checks it from now on for this connection."""
+        self._outbox.learn_size_limit(limit)
+
     def in_flight(self) -> list[Outgoing]:
         """The messages taken for this link and not settled yet, oldest first: where a
         broker refuses by size without naming the message, the adapter looks among these
@@ -288,6 +293,13 @@ class Link(ABC):
     #   the messages in flight are re-sent on the next link or failed by outage policy.
     #   An outcome the broker gives for one message goes through ``hooks.settled`` or
     #   ``hooks.failed`` (or ``hooks.too_large``), never through the link.
+
+    def withdraw(self, msg: Outgoing) -> bool:
+        """Give back ``msg``, taken for this link by ``publish`` but not written to the wire
+        yet (AMQP 1.0 holds messages until a sender has credit), at its deadline or on its
+        cancellation: True when the adapter held it and dropped it (it is never sent after),
+        False when it may already be on the wire. By default ``publish`` writes at once."""
+        return False
 
     #: False where ``encode`` has nothing to do, so the pump skips the call per message.
     encodes: ClassVar[bool] = True

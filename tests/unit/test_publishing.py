@@ -67,11 +67,12 @@ async def test_publish_times_out_during_an_outage(memory_broker: MemoryBroker) -
         loop = asyncio.get_running_loop()
         started = loop.time()
         fut = bus.publish("k", b"x", timeout=0.2)
-        with pytest.raises(aiobus.PublishTimeout, match="waiting to be sent"):
+        with pytest.raises(aiobus.PublishTimeout, match="waiting to be sent") as info:
             async with asyncio.timeout(2):
                 await fut
         waited = loop.time() - started
         assert 0.19 <= waited < 0.5
+        assert info.value.maybe_delivered is False  # never written
         memory_broker.refuse_connections(False)
 
 
@@ -80,8 +81,9 @@ async def test_in_flight_publish_times_out_when_no_confirm_comes(
 ) -> None:
     async with aiobus.connect(memory_broker.url()) as bus:
         memory_broker.hold_confirms()
-        with pytest.raises(aiobus.PublishTimeout, match="waiting for the broker"):
+        with pytest.raises(aiobus.PublishTimeout, match="waiting for the broker") as info:
             await bus.publish("k", b"x", timeout=0.05)
+        assert info.value.maybe_delivered is True  # written: the broker may have it
         memory_broker.release_confirms()
 
 
