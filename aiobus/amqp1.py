@@ -32,6 +32,8 @@ def connect(
     anonymous_relay: Literal["auto", "always", "never"] | None = None,
     modified_retries: int | None = None,
     max_message_size: int | None = None,
+    max_senders: int | None = None,
+    sender_idle: float | None = None,
     **common: Any,
 ) -> Connection:
     """An AMQP 1.0 connection (``amqp1://`` or ``amqp1s://``); every option is typed here and
@@ -50,6 +52,8 @@ def connect(
         "anonymous_relay": anonymous_relay,
         "modified_retries": modified_retries,
         "max_message_size": max_message_size,
+        "max_senders": max_senders,
+        "sender_idle": sender_idle,
     }
     options = {k: v for k, v in given.items() if v is not None}
     options.update(common)

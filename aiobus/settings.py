@@ -179,6 +179,14 @@ class Amqp1Options(CommonOptions):
     modified_retries: int = 3
     """A ``modified`` outcome that is not undeliverable is sent again up to this many times."""
     max_message_size: int = 16 * 1024 * 1024
+    max_senders: int = 64
+    """Where the anonymous relay is not used: at most this many per-address senders (each in
+    its own session) are open at once. A new address beyond it takes the slot of the least
+    recently used sender with nothing queued or unsettled, or waits for one (within each
+    message's deadline)."""
+    sender_idle: float = 30.0
+    """A per-address sender nothing was published to for this many seconds, with nothing
+    queued or unsettled, is closed (with its session)."""
     undecodable: Literal["reject", "release", "modify"] = "reject"
     """What becomes of a received message that cannot be decoded (malformed, or nested deeper
     than 64 levels): ``reject`` (the broker drops or dead-letters it; the reason is the
@@ -199,6 +207,7 @@ class Amqp1Options(CommonOptions):
             )
         if self.modified_retries < 0:
             raise ConfigError(f"modified_retries must be >= 0, got {self.modified_retries!r}")
+        _positive(self, "max_senders", "sender_idle")
         if self.hostname is not None and self.vhost is not None:
             raise ConfigError("give hostname or vhost, not both")
 

@@ -58,6 +58,7 @@ from .amqp10_links import (
     link_names,
     wire_message,
 )
+from .amqp10_senders import SenderPool
 from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
 from .stream import StreamTransport, stream_transport
 
@@ -127,7 +128,10 @@ class Amqp10Link(Link, asyncio.Protocol):
         self._header = b""
         self._states: dict[Any, Any] = {}
         self._anon: SenderState | None = None
-        self._senders: dict[str, SenderState] = {}
+        self._pool = SenderPool(self, opts.max_senders, opts.sender_idle)
+        self.sessions = 0
+        """Sessions begun and not yet freed (each holds one of the peer's channels)."""
+        self._channels = 0
         self._use_anon = False
         self._rabbitmq = False
         self._opened: asyncio.Future[None] = self.loop.create_future()
@@ -267,8 +271,10 @@ class Amqp10Link(Link, asyncio.Protocol):
         self._use_anon = choice == "always" or (choice == "auto" and relay)
         props = conn.remote_properties or {}
         self._rabbitmq = str(props.get(proton.symbol("product"), "")) == "RabbitMQ"
+        self._channels = transport.channel_max + 1  # as negotiated with the peer
         if self._use_anon:
-            self._anon = self._add_sender(None)
+            self._anon = SenderState(self, None)
+            self._anon.open()
             self.flush()
 
     def _connect_phase(self) -> ConnectPhase:
@@ -514,6 +520,10 @@ class Amqp10Link(Link, asyncio.Protocol):
             if state.session == session:
                 self._link_ended(link_obj, state, reason, code)
         session.close()
+        session.free()  # ended both ways: proton gives its channel back; free the object too
+        self.sessions -= 1
+        if self._pool.parked:
+            self._pool.unpark()
 
     def _on_link_open(self, ev: Any) -> None:
         link_obj = ev.link
@@ -526,6 +536,10 @@ class Amqp10Link(Link, asyncio.Protocol):
                 state.attached.set_result(None)
         elif isinstance(state, SenderState):
             state.attached = True
+            limit = link_obj.remote_max_message_size
+            if limit:  # the peer's max-message-size: checked before the wire from now on
+                state.max_size = limit
+                self.hooks.size_limit_stated(limit)
 
     def _on_link_close(self, ev: Any) -> None:
         link_obj = ev.link
@@ -534,6 +548,8 @@ class Amqp10Link(Link, asyncio.Protocol):
         if state is not None:
             self._link_ended(link_obj, state, reason, code)
         link_obj.close()
+        if isinstance(state, SenderState) and state.closing:
+            link_obj.free()  # detached both ways; its session lives on for the next sender
 
     def _link_ended(self, link_obj: Any, state: Any, reason: str, code: str | None) -> None:
         """One link is gone (detached, or its session ended): only its own users hear of it."""
@@ -561,12 +577,13 @@ class Amqp10Link(Link, asyncio.Protocol):
                     ),
                 )
         elif isinstance(state, SenderState):
+            if state.closing:
+                return  # the pool closed it: this is the answer
             if state is self._anon:
                 self._die(LinkDown(f"the broker ended the sender: {reason} ({code})"))
                 return
-            if state.address is not None:
-                self._senders.pop(state.address, None)
             state.fail_all(Nacked(f"address {state.address!r}: {reason}", code=code))
+            self._pool.ended(state)
 
     def _on_transport_error(self, ev: Any) -> None:
         cond = self.transport.condition
@@ -596,11 +613,13 @@ class Amqp10Link(Link, asyncio.Protocol):
             self._opened.exception()  # open() re-raises it if it still waits; else not news
         # Messages still waiting here for credit never left this process: where the outage
         # policy is "fail", say exactly that (the core would count them as maybe delivered).
-        for state in self._states.values():
-            if isinstance(state, SenderState) and state.queue:
-                for msg in state.queue:
-                    if msg.outage == "fail":
-                        self.hooks.failed(msg, LinkLost(maybe_delivered=False))
+        senders = self._pool.states()
+        if self._anon is not None:
+            senders.append(self._anon)
+        for sender in senders:
+            for msg in sender.queue:
+                if msg.outage == "fail" and msg.tag is sender:
+                    self.hooks.failed(msg, LinkLost(maybe_delivered=False))
         self.hooks.lost(exc)
         for state in list(self._states.values()):
             if isinstance(state, ReceiverState):
@@ -614,6 +633,7 @@ class Amqp10Link(Link, asyncio.Protocol):
             sock.close()
 
     def _cancel_timers(self) -> None:
+        self._pool.stop()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -665,15 +685,14 @@ class Amqp10Link(Link, asyncio.Protocol):
 
     # -- publishing ------------------------------------------------------------------------------
 
-    def _add_sender(self, address: str | None) -> SenderState:
-        state = SenderState(self, address)
-        self._states[state.sender] = state
-        return state
-
     def _via_relay(self, topic: str) -> bool:
         # RabbitMQ 4 takes only its v2 addresses in ``to``; the older forms work as a
         # link's target, so those get a sender (and a session) of their own.
         return self._anon is not None and (not self._rabbitmq or topic.startswith(_RABBITMQ_V2))
+
+    def free_channels(self) -> int:
+        """Sessions that may still be begun on this connection (the peer's channel-max)."""
+        return self._channels - self.sessions
 
     def encode(self, msg: Outgoing) -> None:
         """The bare message's bytes for the sender it will go through (``to`` only on the
@@ -685,31 +704,43 @@ class Amqp10Link(Link, asyncio.Protocol):
             raise LinkDown(f"the AMQP 1.0 link is dead: {self._error}")
         anon = self._anon
         touched: dict[int, SenderState] = {}
-        senders = self._senders
+        pool = self._pool
         via_relay = self._via_relay
         for msg in batch:
-            topic = msg.topic
-            state: SenderState | None = None
-            if anon is not None and via_relay(topic):
-                state = anon
-            else:
-                state = senders.get(topic)
-                if state is None:
-                    state = senders[topic] = self._add_sender(topic)
+            state = anon if anon is not None and via_relay(msg.topic) else pool.get(msg.topic)
+            msg.tag = state
             state.queue.append(msg)
             touched[id(state)] = state
+        now = None
         for used in touched.values():
+            if used is not anon:
+                if now is None:
+                    now = self.loop.time()
+                pool.touch(used, now)
             used.pump()
         self.flush()
+
+    def withdraw(self, msg: Outgoing) -> bool:
+        """A message still waiting for a sender's credit (or for a sender slot) is dropped
+        there, unsent; one already written is not (``SenderState.withdraw``)."""
+        holder = msg.tag
+        return type(holder) is SenderState and holder.link is self and holder.withdraw(msg)
 
     # -- receiving ---------------------------------------------------------------------------
 
     async def attach(self, spec: SubscriptionSpec, sink: DeliverySink) -> Consumer:
         if self.dead.done():
             raise LinkDown(f"the AMQP 1.0 link is dead: {self._error}")
+        if self.free_channels() <= 0:
+            raise SubscriptionError(
+                f"cannot attach to address {spec.pattern!r}: every session the broker allows "
+                f"({self._channels}) is in use by subscriptions and per-address senders; "
+                "lower max_senders, or use fewer subscriptions on this connection"
+            )
         consumer = Amqp10Consumer(self.hooks, self, spec, sink)
         session = self.conn.session()
         session.open()
+        self.sessions += 1
         receiver = session.receiver(f"aiobus-recv-{next(link_names)}")
         receiver.source.address = spec.pattern
         if spec.no_ack:
@@ -731,6 +762,7 @@ class Amqp10Link(Link, asyncio.Protocol):
         # Credit only once attached: RabbitMQ 4.0 oversends (twice the credit, measured) when
         # the flow frame arrives together with the attach.
         receiver.flow(spec.prefetch)
+        self._pool.keep_spare()
         self.flush()
         return consumer
 

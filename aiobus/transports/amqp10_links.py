@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import proton
 from proton import Disposition
 
-from ..errors import InvalidMessage, Nacked, Unroutable
+from ..errors import InvalidMessage, MessageTooLarge, Nacked, Unroutable
 from ..message import Delivery
 from . import amqp10_codec as codec
 from .base import CancelReason, Consumer, DeliverySink, LinkHooks, SubscriptionSpec
@@ -36,34 +36,101 @@ def condition_text(cond: Any) -> tuple[str, str | None]:
 
 
 class SenderState:
-    """One proton sender, the messages waiting for its credit, and those awaiting outcomes."""
+    """One proton sender, the messages waiting for its credit, and those awaiting outcomes.
+
+    A message waiting here has ``tag`` set to this state; ``withdraw`` (its deadline, its
+    cancellation) clears that and the message is skipped, never sent. A per-address sender
+    belongs to a ``SenderPool`` (``pool``) and may wait there, not yet ``opened``, for a slot.
+    """
 
     __slots__ = (
         "address",
         "attached",
+        "closing",
         "error",
+        "last_used",
         "link",
+        "max_size",
+        "pool",
         "queue",
         "retries",
         "sender",
         "session",
         "unsettled",
+        "withdrawn",
     )
 
-    def __init__(self, link: Amqp10Link, address: str | None) -> None:
+    def __init__(self, link: Amqp10Link, address: str | None, pool: Any = None) -> None:
         self.link = link
         self.address = address
-        self.session = link.conn.session()
-        self.session.open()
-        self.sender = self.session.sender(f"aiobus-send-{next(link_names)}")
-        if address is not None:  # None: the anonymous terminus (each message says ``to``)
-            self.sender.target.address = address
-        self.sender.open()
+        self.pool = pool
+        self.session: Any = None
+        self.sender: Any = None
         self.queue: deque[Outgoing] = deque()
         self.unsettled: dict[str, Outgoing] = {}
         self.retries: dict[int, int] = {}
         self.attached = False
+        self.closing = False
         self.error: BaseException | None = None
+        self.max_size = 0
+        """The peer's ``max-message-size`` from its attach (0: none stated)."""
+        self.last_used = 0.0
+        self.withdrawn = 0
+        """Withdrawn messages still in ``queue`` (skipped when reached)."""
+
+    def open(self, session: Any = None) -> None:
+        """Attach the sender, on ``session`` (one the pool reuses) or in a session of its
+        own: RabbitMQ ends the whole session for a bad address, so one sender per session."""
+        link = self.link
+        if session is None:
+            session = link.conn.session()
+            session.open()
+            link.sessions += 1
+        self.session = session
+        self.sender = session.sender(f"aiobus-send-{next(link_names)}")
+        if self.address is not None:  # None: the anonymous terminus (each message says ``to``)
+            self.sender.target.address = self.address
+        self.sender.open()
+        link._states[self.sender] = self
+
+    def close(self) -> None:
+        """Detach the sender (its session stays, for the pool to reuse); the peer's detach
+        answers it (``closing``)."""
+        self.closing = True
+        self.sender.close()
+
+    def hold(self, msg: Outgoing) -> None:
+        """Queue ``msg`` until credit allows."""
+        msg.tag = self
+        self.queue.append(msg)
+
+    def withdraw(self, msg: Outgoing) -> bool:
+        """Drop a held message (its deadline passed, or it was cancelled): True if it was
+        waiting here, never written. Skipped when reached; the queue is compacted once
+        withdrawn messages are most of it, so it never grows with them."""
+        if msg.tag is not self:
+            return False
+        msg.tag = None
+        self.withdrawn += 1
+        queue = self.queue
+        if self.withdrawn > 16 and self.withdrawn * 2 > len(queue):
+            self.queue = deque(m for m in queue if m.tag is self)
+            self.withdrawn = 0
+        return True
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued (withdrawn messages aside) and nothing unsettled."""
+        if self.unsettled:
+            return False
+        if self.withdrawn:
+            queue = self.queue
+            while queue and queue[0].tag is not self:
+                queue.popleft()
+                self.withdrawn -= 1
+            if not queue:
+                self.withdrawn = 0
+        return not self.queue
 
     def pump(self) -> None:
         """Write queued messages within link credit: nothing is sent without credit."""
@@ -71,6 +138,8 @@ class SenderState:
         if not queue:
             return
         sender = self.sender
+        if sender is None:
+            return  # waiting in the pool for a slot
         credit = sender.credit
         if credit <= 0:
             return
@@ -80,8 +149,12 @@ class SenderState:
         address = self.address
         tags = link.tags
         durable_default = link.durable
+        max_size = self.max_size
         while credit > 0 and queue:
             msg = queue.popleft()
+            if msg.tag is not self:
+                self.withdrawn -= 1  # withdrawn at its deadline or cancelled: never sent
+                continue
             data, msg.wire = msg.wire, None  # encoded by ``Amqp10Link.encode``
             if not isinstance(data, bytes):
                 # Not encoded for this sender (the guard: nothing unencoded reaches the wire,
@@ -89,18 +162,23 @@ class SenderState:
                 try:
                     data = wire_message(msg, address is None, durable_default)
                 except Exception as exc:
+                    msg.tag = None
                     link.hooks.failed(msg, not_encodable(msg, exc))
                     continue
+            if max_size and len(data) > max_size:
+                msg.tag = None
+                link.hooks.failed(msg, MessageTooLarge(len(data), max_size))
+                continue
             credit -= 1
             tag = str(next(tags))
             dlv = sender.delivery(tag)
             sender.stream(data)
             sender.advance()
+            msg.tag = tag
             if presettled or not msg.confirm:
                 dlv.settle()
                 link.written.append(msg)
             else:
-                msg.tag = tag
                 unsettled[tag] = msg
 
     def on_delivery(self, dlv: Any) -> None:
@@ -144,19 +222,24 @@ class SenderState:
             else:
                 # The broker asks for another try: the same link, at the end of its queue.
                 self.retries[msg.seq] = tries + 1
-                self.queue.append(msg)
+                self.hold(msg)
                 self.pump()
         else:
             hooks.failed(msg, Nacked(f"unexpected outcome {state!r}", code=str(state)))
+        pool = self.pool
+        if pool is not None and pool.parked and not self.unsettled:
+            pool.unpark()  # this sender may have just become idle: an address waits for it
 
     def fail_all(self, error: BaseException) -> None:
         """The broker ended this sender (e.g. a missing target): its messages fail, typed."""
         self.error = error
         hooks = self.link.hooks
-        for msg in list(self.unsettled.values()) + list(self.queue):
+        for msg in list(self.unsettled.values()) + [m for m in self.queue if m.tag is self]:
+            msg.tag = None
             hooks.failed(msg, error)
         self.unsettled.clear()
         self.queue.clear()
+        self.withdrawn = 0
 
 
 def wire_message(msg: Outgoing, anonymous: bool, durable: bool) -> bytes:

@@ -35,6 +35,8 @@ class Script:
     silent: bool = False
     """Stop answering anything (no frames, no heartbeats) once the connection is open."""
     offer_relay: bool = True
+    max_message_size: int = 0
+    """Announced on the peer's attach of each client sender (0: none)."""
 
 
 class PeerConnection(asyncio.Protocol):
@@ -116,8 +118,12 @@ class PeerConnection(asyncio.Protocol):
                 self.peer.disposed.set()
         elif t == Event.LINK_REMOTE_CLOSE:
             ev.link.close()
+            self.peer.detached.append(ev.link.remote_target.address)
+            self.peer.detach_seen.set()
         elif t == Event.SESSION_REMOTE_CLOSE:
             ev.session.close()
+            self.peer.sessions_ended += 1
+            self.peer.detach_seen.set()
         elif t == Event.CONNECTION_REMOTE_CLOSE:
             self.conn.close()
 
@@ -127,6 +133,8 @@ class PeerConnection(asyncio.Protocol):
         link.target.copy(link.remote_target)
         link.snd_settle_mode = link.remote_snd_settle_mode  # honour a pre-settled receiver
         address = link.remote_source.address if link.is_sender else link.remote_target.address
+        if link.is_receiver and script.max_message_size:
+            link.max_message_size = script.max_message_size
         if address in script.end_session:
             link.session.condition = Condition(script.end_session[address], "scripted end")
             link.session.close()
@@ -137,6 +145,8 @@ class PeerConnection(asyncio.Protocol):
             link.close()
             return
         if link.is_receiver:
+            self.peer.attached.append(address)
+            self.peer.attach_seen.set()
             if script.credit:
                 link.flow(script.credit)
         else:
@@ -176,6 +186,15 @@ class PeerConnection(asyncio.Protocol):
         if self.peer.script.credit:
             link.flow(1)
 
+    def grant(self, credit: int) -> None:
+        """Credit for every client sender that has none now."""
+        link = self.conn.link_head(proton.Endpoint.LOCAL_ACTIVE)
+        while link is not None:
+            if link.is_receiver:
+                link.flow(credit)
+            link = link.next(proton.Endpoint.LOCAL_ACTIVE)
+        self.flush()
+
     def abort(self) -> None:
         if self.sock is not None:
             self.sock.abort()
@@ -189,6 +208,15 @@ class ScriptedPeer:
         self.connections: list[PeerConnection] = []
         self.messages: list[Message] = []
         self.dispositions: list[tuple[Any, bool, bool]] = []
+        self.attached: list[str | None] = []
+        """Target addresses of client senders attached, in order."""
+        self.detached: list[str | None] = []
+        """Target addresses of client links the client detached, in order."""
+        self.detach_seen = asyncio.Event()
+        """Set on every detach or session end the client sends."""
+        self.sessions_ended = 0
+        """Sessions the client ended."""
+        self.attach_seen = asyncio.Event()
         self.got = asyncio.Event()
         self.disposed = asyncio.Event()
         self.connected = asyncio.Event()
@@ -214,6 +242,31 @@ class ScriptedPeer:
             async with asyncio.timeout(5):
                 await asyncio.gather(*(c.closed for c in self.connections))
         await self._server.wait_closed()
+
+    def grant(self, credit: int) -> None:
+        """Give every client sender ``credit`` now (with ``Script(credit=0)``)."""
+        for conn in self.connections:
+            conn.grant(credit)
+
+    async def wait_attached(self, n: int, timeout: float = 5) -> list[str | None]:
+        async with asyncio.timeout(timeout):
+            while len(self.attached) < n:
+                self.attach_seen.clear()
+                await self.attach_seen.wait()
+        return self.attached
+
+    async def wait_detached(self, n: int, timeout: float = 5) -> list[str | None]:
+        async with asyncio.timeout(timeout):
+            while len(self.detached) < n:
+                self.detach_seen.clear()
+                await self.detach_seen.wait()
+        return self.detached
+
+    async def wait_sessions_ended(self, n: int, timeout: float = 5) -> None:
+        async with asyncio.timeout(timeout):
+            while self.sessions_ended < n:
+                self.detach_seen.clear()
+                await self.detach_seen.wait()
 
     def drop_connections(self) -> None:
         for conn in self.connections:

@@ -65,6 +65,14 @@ def test_options_from_the_url_and_keywords() -> None:
         aiobus.amqp1.connect("amqp://h")
     with pytest.raises(aiobus.ConfigError):
         aiobus.amqp1.connect("amqp1://h", sasl="CRAM")  # type: ignore[arg-type]
+    bounded = parse("amqp1://h?max_senders=8&sender_idle=2.5").options
+    assert isinstance(bounded, Amqp1Options)
+    assert (bounded.max_senders, bounded.sender_idle) == (8, 2.5)
+    assert (opts.max_senders, opts.sender_idle) == (64, 30.0)
+    with pytest.raises(aiobus.ConfigError, match="max_senders"):
+        parse("amqp1://h?max_senders=0")
+    with pytest.raises(aiobus.ConfigError, match="sender_idle"):
+        aiobus.amqp1.connect("amqp1://h", sender_idle=0)
 
 
 def test_address_helpers_percent_encode() -> None:
