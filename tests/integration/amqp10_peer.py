@@ -37,6 +37,8 @@ class Script:
     offer_relay: bool = True
     max_message_size: int = 0
     """Announced on the peer's attach of each client sender (0: none)."""
+    channel_max: int | None = None
+    """The highest channel number the peer allows (None: proton's default)."""
 
 
 class PeerConnection(asyncio.Protocol):
@@ -49,6 +51,8 @@ class PeerConnection(asyncio.Protocol):
         sasl = self.transport.sasl()
         sasl.allowed_mechs("ANONYMOUS PLAIN")
         sasl.allow_insecure_mechs = True
+        if peer.script.channel_max is not None:
+            self.transport.channel_max = peer.script.channel_max
         self.transport.bind(self.conn)
         self.sock: StreamTransport | None = None
         self.opened = False

@@ -9,6 +9,7 @@ from typing import Any
 
 import proton
 import pytest
+from proton import Message
 
 import aiobus
 import aiobus.amqp1
@@ -157,3 +158,20 @@ async def test_idle_senders_are_closed() -> None:
             # Used again later: a new sender, the message goes through.
             await bus.publish("/queues/a", b"again", timeout=5)
             assert peer.attached == ["/queues/a", "/queues/b", "/queues/a"]
+
+
+async def test_senders_leave_a_channel_for_a_subscription() -> None:
+    # Channels 0-3: four sessions. Senders take at most three, so a subscription attaches.
+    async with ScriptedPeer(Script(channel_max=3, to_send=[Message(body=b"in")])) as peer:
+        async with aiobus.amqp1.connect(
+            peer.url, anonymous_relay="never", sender_idle=60, **FAST
+        ) as bus:
+            for i in range(6):
+                await bus.publish(f"/queues/{i}", b"x", timeout=5)
+                assert active_sessions(bus) <= 3
+            async with bus.subscribe("/queues/in") as sub:
+                got = await sub.get(timeout=5)
+                assert got.body == b"in"
+                await got.ack()
+                await bus.publish("/queues/0", b"y", timeout=5)
+            assert len(peer.messages) == 7
