@@ -509,8 +509,18 @@ class Connection:
         """
         attachment = sub._attachment
         attempt = attachment.begin_attach()
+        bound = self.options.attach_timeout
         try:
-            consumer = await link.attach(sub.spec, sub)
+            # One deadline for every attach on every protocol: a broker that never answers
+            # (RabbitMQ 4.0.5 sometimes ignores a begin on a channel it has just ended) must
+            # not hang the caller, the restore, or a re-attach.
+            async with asyncio.timeout(bound) as deadline:
+                try:
+                    consumer = await link.attach(sub.spec, sub)
+                except asyncio.CancelledError:
+                    if deadline.expired():
+                        raise self._attach_unanswered(sub, link, bound) from None
+                    raise
         except AiobusError as exc:
             if isinstance(exc, (ConnectError, LinkDown)) or not link.hooks.alive:
                 if attachment.attaching(attempt):
@@ -532,6 +542,17 @@ class Connection:
             return
         # Left meanwhile (closing), or the link died (detached): it serves no one.
         await self._cancel_quietly(consumer, sub.pattern, reason="leave")
+
+    def _attach_unanswered(self, sub: Subscription, link: Link, bound: float) -> LinkDown:
+        """The broker did not answer an attach within ``attach_timeout``: the link cannot be
+        trusted (the next one attaches the subscription again)."""
+        error = LinkDown(
+            f"the broker did not answer the attach of subscription {sub.pattern!r} within "
+            f"attach_timeout ({bound:g} s): the link is taken as dead and the subscription "
+            "is attached again on the next link"
+        )
+        link.hooks.lost(error)
+        return error
 
     async def _pump(self, link: Link) -> None:
         outbox = self._outbox

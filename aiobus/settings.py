@@ -35,6 +35,10 @@ class CommonOptions:
     """AMQP heartbeat, MQTT keep-alive, AMQP 1.0 idle time-out; 0 turns it off."""
     connect_timeout: float = 30.0
     close_timeout: float = 10.0
+    attach_timeout: float = 30.0
+    """Seconds the broker has to answer a subscription's attach (subscribe, declare, bind,
+    consume) on a live link; past it the link is taken as dead, as a silent heartbeat would
+    be, and the subscription is attached again on the next link."""
     outage: Outage = "retry"
     max_attempts: int | None = None
     """Reconnect attempts in a row before the connection gives up (None: unlimited)."""
@@ -54,7 +58,14 @@ class CommonOptions:
 
     def __post_init__(self) -> None:
         _positive(self, "timeout", "max_in_flight", "max_buffered", "prefetch")
-        _positive(self, "connect_timeout", "close_timeout", "backoff_initial", "backoff_max")
+        _positive(
+            self,
+            "connect_timeout",
+            "close_timeout",
+            "attach_timeout",
+            "backoff_initial",
+            "backoff_max",
+        )
         _non_negative(self, "heartbeat", "stable_after")
         if self.backoff_factor < 1:
             raise ConfigError(f"backoff_factor must be >= 1, got {self.backoff_factor!r}")

@@ -92,6 +92,43 @@ async def test_a_subscription_entered_during_a_restore_is_attached(
             await second.__aexit__(None, None, None)
 
 
+async def test_an_attach_the_broker_never_answers_takes_one_attach_timeout(
+    memory_broker: MemoryBroker,
+) -> None:
+    """The broker takes a subscription's attach and never answers: entering ``subscribe()``
+    returns within ``attach_timeout``, the link is taken as dead (the reason names the
+    option), and once the broker answers again the same subscription is attached and
+    receives. Before, the caller waited forever."""
+    bound = 0.2
+    options = {"backoff_initial": 0.001, "backoff_max": 0.01, "attach_timeout": bound}
+    async with aiobus.connect(memory_broker.url(), **options) as bus:
+        async with bus.events() as events:
+            memory_broker.hold_attaches()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with asyncio.timeout(5), AsyncExitStack() as stack:
+                sub = await stack.enter_async_context(bus.subscribe("held"))
+                assert loop.time() - started < bound + 1
+                async for event in events:
+                    if event.kind == "link_lost":
+                        break
+                assert "attach_timeout" in event.reason, event.reason
+                assert sub.state is not SubscriptionState.ATTACHED
+                memory_broker.release_attaches()
+                await wait_for_state(events, State.CONNECTED)
+                assert sub.state is SubscriptionState.ATTACHED
+                await bus.publish("held", b"x")
+                msg = await sub.get(timeout=2)
+                assert msg.body == b"x"
+                await msg.ack()
+    assert not other_tasks()
+
+
+def test_attach_timeout_must_be_positive() -> None:
+    with pytest.raises(aiobus.ConfigError, match="attach_timeout"):
+        aiobus.connect("memory://", attach_timeout=0)
+
+
 async def test_a_cancelled_close_is_abortive_and_a_second_close_waits_for_it(
     memory_broker: MemoryBroker,
 ) -> None:
