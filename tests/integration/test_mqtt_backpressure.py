@@ -198,7 +198,7 @@ async def test_qos0_publishes_wait_for_a_slow_link_within_max_buffered(
                 for _ in range(320):
                     fut = bus.publish(topic, body, qos=0)
                     futures.append(fut)
-                    await asyncio.wait({fut}, timeout=0.5)
+                    await asyncio.wait({fut}, timeout=0.1)
             unresolved = [f for f in futures if not f.done()]
             assert 0 < len(unresolved) <= 20
             assert transport.get_write_buffer_size() < 1024 * 1024
