@@ -852,9 +852,11 @@ class Connection:
         option and everything ``declare()`` added since."""
         return tuple(self._topology)
 
-    def _notified(self, kind: str, reason: str, error: BaseException | None) -> None:
+    def _notified(
+        self, kind: str, reason: str, error: BaseException | None, dropped: int = 0
+    ) -> None:
         log.warning("aiobus %s: %s", self.settings.redacted_url(), reason)
-        self._emit(Event(kind, self._state, reason=reason, error=error))
+        self._emit(Event(kind, self._state, reason=reason, error=error, dropped=dropped))
 
     def _settle_lost(self, delivery: Delivery) -> None:
         again = delivery.returns_on_loss

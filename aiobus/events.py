@@ -34,7 +34,10 @@ class Event:
     ``"delivery_undecodable"`` when a received message could not be decoded and was settled
     without reaching the application (AMQP 1.0: rejected by default, see its ``undecodable``
     option; ``reason`` names the address, the outcome and why, ``error`` is the decode error;
-    the link and the messages behind it go on), and
+    the link and the messages behind it go on),
+    ``"deliveries_dropped"`` when messages the broker does not keep (MQTT QoS 0) were dropped
+    for a subscription whose buffer was full: once per burst, when the buffer is half empty
+    again, ``dropped`` says how many (``Subscription.dropped`` counts them all), and
     ``"overflow"`` when this stream was read too slowly and dropped its oldest events:
     ``dropped`` says how many, and the overflow event comes where they were, before the
     events that follow (``state`` and ``time`` are those of the first event after the gap).

@@ -118,7 +118,9 @@ class MqttOptions(CommonOptions):
     """MQTT 5: seconds the broker keeps the session after a disconnect (0: ends with the link).
     > 0 makes reconnects resume the session (messages queued while offline arrive)."""
     receive_maximum: int | None = None
-    """MQTT 5: unacknowledged QoS 1/2 messages the broker may send at once (None: 65,535)."""
+    """MQTT 5: unacknowledged QoS 1/2 messages the broker may send at once, for every
+    subscription of the connection together (sent in CONNECT; None: the connection's
+    ``prefetch``, capped at 65,535)."""
     max_message_size: int = 256 * 1024 * 1024 - 1
     """Largest payload accepted at the call; lowered by the broker's MQTT 5 Maximum Packet Size."""
     will: Any = field(default=None, metadata=KW_ONLY)

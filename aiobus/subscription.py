@@ -42,6 +42,10 @@ class Subscription:
         #: delivery, not two.
         self.push: Callable[[Delivery], bool] = self._mailbox.push
         self._entered = False
+        #: Deliveries dropped because the buffer was full and the broker does not keep them
+        #: (MQTT QoS 0; every other kind waits with the broker or unacknowledged instead).
+        #: Each burst is also reported in ``events()`` (``deliveries_dropped``).
+        self.dropped = 0
         #: The core's record of this subscription on the current link (``aiobus.attachment``).
         self._attachment = Attachment()
 

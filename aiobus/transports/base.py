@@ -62,6 +62,9 @@ class DeliverySink(Protocol):
     """Where a consumer puts deliveries: the subscription's bounded buffer."""
 
     capacity: int
+    #: Deliveries the consumer dropped because the buffer was full and the broker would not
+    #: keep them (MQTT QoS 0); the consumer counts them here.
+    dropped: int
 
     def push(self, delivery: Delivery) -> bool:
         """Buffer a delivery; False (not kept) once the subscription has ended."""
@@ -97,7 +100,7 @@ class LinkHooks:
         loop: asyncio.AbstractEventLoop,
         on_consumer_lost: Callable[[DeliverySink, BaseException], None] | None = None,
         on_settle_lost: Callable[[Delivery], None] | None = None,
-        on_notify: Callable[[str, str, BaseException | None], None] | None = None,
+        on_notify: Callable[[str, str, BaseException | None, int], None] | None = None,
     ) -> None:
         self._outbox = outbox
         self._notify = on_notify
@@ -161,13 +164,16 @@ class LinkHooks:
     async def wait_lost(self) -> BaseException:
         return await asyncio.shield(self._lost)
 
-    def notify(self, kind: str, reason: str, error: BaseException | None = None) -> None:
+    def notify(
+        self, kind: str, reason: str, error: BaseException | None = None, *, dropped: int = 0
+    ) -> None:
         """Tell the application something happened on this link that it cannot see
         otherwise (AMQP 1.0: an inbound message that could not be decoded and was settled,
-        ``delivery_undecodable``): an ``Event`` of ``kind`` in ``events()`` and a log line.
-        Ignored once the link is lost."""
+        ``delivery_undecodable``; MQTT: QoS 0 messages dropped for a full subscription,
+        ``deliveries_dropped`` with their number in ``dropped``): an ``Event`` of ``kind`` in
+        ``events()`` and a log line. Ignored once the link is lost."""
         if self.alive and self._notify is not None:
-            self._notify(kind, reason, error)
+            self._notify(kind, reason, error, dropped)
 
     def settle_lost(self, delivery: Delivery) -> None:
         """``process()`` handled ``delivery`` but its link died before it could be settled:

@@ -4,8 +4,10 @@ paho's ``Client`` is the protocol engine (CONNECT, packet parsing, SUBSCRIBE/UNS
 PUBLISH encoding, manual acks); asyncio owns the connection (see ``mqtt_wire``). What paho or
 aiomqtt do not do right for aiobus is done here: publish outcomes with their MQTT 5 reason
 codes, the broker's Receive Maximum as the in-flight window, the link's death noticed at once,
-PUBACK sent when the application acks, TCP backpressure instead of dropping, keep-alive with
-half-open detection, and session state (client id, packet ids, QoS 2 flows) kept across the
+PUBACK sent when the application acks, backpressure per subscription (a full one holds only
+its own messages, within the Receive Maximum aiobus sends), write backpressure for every
+publish, QoS 2 completed only once the message is in a buffer, keep-alive with half-open
+detection, and session state (client id, packet ids, QoS 2 flows) kept across the
 reconnects of one connection.
 """
 
@@ -52,7 +54,7 @@ from ..mqtt import Will
 from ..tls import client_context
 from ..topics import validate_mqtt_filter, validate_mqtt_topic
 from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, SubscriptionSpec
-from .mqtt_receive import Group, Inbound, MqttConsumer
+from .mqtt_receive import Group, Held, Inbound, MqttConsumer
 from .mqtt_session import (
     NO_INFO,
     WirePublish,
@@ -79,8 +81,9 @@ log = logging.getLogger("aiobus")
 
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _PACKET_TOO_LARGE = 0x95  # DISCONNECT reason: a packet over the receiver's maximum
-#: Messages held while a subscription's buffer is full before the socket stops being read.
-HOLD_LIMIT = 1000
+#: Bytes of PUBLISH packets queued in one batch before they are written and the transport's
+#: write backpressure is looked at (asyncio's default high-water mark is 64 KiB).
+WRITE_CHUNK = 64 * 1024
 #: Seconds after a link opens during which messages no subscription matches yet (a resumed
 #: session re-sends them at once) wait for a subscription to be attached.
 ORPHAN_GRACE = 10.0
@@ -125,9 +128,8 @@ class MqttLink(Link):
         #: One broker subscription per distinct filter; consumers with the same filter share it.
         self._groups: dict[str, Group] = {}
         self._groups_by_id: dict[int, Group] = {}
-        self._held: collections.deque[MQTTMessage] = collections.deque()
-        self._holding = False
-        self._reading_paused = False
+        #: Incoming QoS 2 packet ids released (PUBREL) on this link and not completed yet.
+        self._qos2_open: set[int] = set()
         #: Messages no subscription matched yet, kept for ``ORPHAN_GRACE`` after the link
         #: opens (None afterwards: then they are acknowledged and dropped).
         self._orphans: list[MQTTMessage] | None = []
@@ -140,7 +142,7 @@ class MqttLink(Link):
         self.session_present = False
         self.closing = False
         self._warned_kept: set[str] = set()
-        #: QoS 1 messages for filters in ``session.kept``, unacked (bounded by the broker's
+        #: QoS 1/2 messages for filters in ``session.kept``, unacked (bounded by the broker's
         #: in-flight window), for a subscription with that filter on this link.
         self._set_aside: list[MQTTMessage] = []
 
@@ -325,8 +327,11 @@ class MqttLink(Link):
         client = self._client
         if orphans and client is not None and self.hooks.alive:
             for msg in orphans:
-                if msg.qos == 1 and not self._kept_for_later(msg.topic):
-                    client.ack(msg.mid, 1)
+                if msg.qos and not self._kept_for_later(msg.topic):
+                    if msg.qos == 1:
+                        client.ack(msg.mid, 1)
+                    else:
+                        self._complete(msg.mid)
 
     def _kept_for_later(self, topic: str) -> bool:
         """Whether a message no subscription takes is for a filter a subscription of this
@@ -401,6 +406,7 @@ class MqttLink(Link):
             client.will_set(will.topic, will.payload, will.qos, will.retain, will_props)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.aiobus_released = self._on_released
         client.on_subscribe = self._on_suback
         client.on_unsubscribe = self._on_suback
         client.on_disconnect = self._on_disconnect
@@ -410,8 +416,12 @@ class MqttLink(Link):
             props = properties(PacketTypes.CONNECT)
             if opts.session_expiry:
                 props.SessionExpiryInterval = opts.session_expiry
-            if opts.receive_maximum is not None:
-                props.ReceiveMaximum = opts.receive_maximum
+            # The inflow window for every subscription of the connection together (see
+            # docs/mqtt.md "Backpressure"); 65,535, the protocol default, if not sent.
+            receive_max = opts.receive_maximum
+            if receive_max is None:
+                receive_max = min(opts.prefetch, 65535)
+            props.ReceiveMaximum = receive_max
         self._connack = self._loop.create_future()
         # Failed by the transport's death whether or not open() is still waiting for it.
         self._connack.add_done_callback(retrieve)
@@ -472,9 +482,10 @@ class MqttLink(Link):
         session = self.session
         if not flags.session_present:
             session.in_qos2.clear()
+            session.qos2_given.clear()
             session.pubrec.clear()
-        # Shared, not copied: a QoS 2 message received on this link and released on the next
-        # one is handed over exactly once.
+        # Shared, not copied: a QoS 2 message received (or released and not yet buffered) on
+        # this link and released on the next one is handed over exactly once.
         client._in_messages = session.in_qos2
         fut = self._connack
         if fut is not None and not fut.done():
@@ -532,10 +543,19 @@ class MqttLink(Link):
             fut.set_result(reason_codes)
 
     def _on_message(self, client: Any, userdata: Any, msg: MQTTMessage) -> None:
-        if self._holding:
-            self._hold(msg)
-        else:
-            self._dispatch(msg)
+        self._dispatch(msg)
+
+    def _on_released(self, msg: MQTTMessage) -> None:
+        """A PUBREL for a QoS 2 message we hold (``session.in_qos2``): it goes to the
+        subscriptions now, and is completed (PUBCOMP, and forgotten) only once it is in every
+        one's buffer. Until then it stays in the session: if the link dies first, the broker
+        releases it again on the next link (a resumed session) and it is handed over then,
+        to the subscriptions that do not have it yet."""
+        mid = msg.mid
+        if mid in self._qos2_open:
+            return  # released again on this link while it waits for a full subscription
+        self._qos2_open.add(mid)
+        self._dispatch(msg)
 
     def _dispatch(self, msg: MQTTMessage) -> None:
         try:
@@ -556,38 +576,78 @@ class MqttLink(Link):
         )
         qos = msg.qos
         if not targets or topic is None:
-            if topic is not None and qos == 1 and self._kept_for_later(topic):
-                # For a subscription that left without unsubscribing (see ``detach``):
-                # unacked, so the session's next connection gets it; kept here too, for a
-                # subscription with that filter on this connection.
-                self._set_aside.append(msg)
-                return
-            if topic is not None and self._orphans is not None:
-                # A resumed session re-sends and queues messages before the core has
-                # re-attached the subscriptions: keep them for the attach that wants them.
-                self._orphans.append(msg)
-                return
-            # Nobody to hand it to (an unsubscribe in flight, an undecodable topic): it must
-            # still be acknowledged, or the broker's window for this client shrinks for good.
-            if qos == 1 and self._client is not None:
-                self._client.ack(msg.mid, 1)
+            self._untaken(msg, topic)
             return
-        inbound = Inbound(msg.mid, len(targets)) if qos == 1 else None
+        inbound = None
+        if qos:
+            if qos == 2:
+                given = self.session.qos2_given.get(msg.mid)
+                if given:  # handed to some of them on an earlier link already
+                    targets = [c for c in targets if c.key not in given]
+                    if not targets:
+                        self._complete(msg.mid)
+                        return
+            inbound = Inbound(msg.mid, len(targets))
         fields = delivery_fields(props)
         now = datetime.now(UTC)
         for consumer in targets:
-            consumer.deliver(msg, topic, inbound, fields, now)
-            if consumer.sink.room <= 0:
-                self._holding = True
+            # A full subscription holds its own QoS 1/2 messages (unacknowledged: the broker's
+            # window bounds them) and drops QoS 0; the others are not held up.
+            if consumer.held or consumer.sink.room <= 0:
+                consumer.hold(msg, topic, inbound, fields, now)
+            else:
+                consumer.deliver(msg, topic, inbound, fields, now)
+
+    def _untaken(self, msg: MQTTMessage, topic: str | None) -> None:
+        """A message no subscription of this link takes (now)."""
+        qos = msg.qos
+        if topic is not None and qos and self._kept_for_later(topic):
+            # For a subscription that left without unsubscribing (see ``detach``): unacked
+            # (QoS 2: not completed), so the session's next connection gets it; kept here
+            # too, for a subscription with that filter on this connection.
+            self._set_aside.append(msg)
+            return
+        if topic is not None and self._orphans is not None:
+            # A resumed session re-sends and queues messages before the core has
+            # re-attached the subscriptions: keep them for the attach that wants them.
+            self._orphans.append(msg)
+            return
+        # Nobody to hand it to (an unsubscribe in flight, an undecodable topic): it must
+        # still be acknowledged, or the broker's window for this client shrinks for good.
+        if qos == 1 and self._client is not None:
+            self._client.ack(msg.mid, 1)
+        elif qos == 2:
+            self._complete(msg.mid)
+
+    def handed_over(self, inbound: Inbound, key: object) -> None:
+        """A QoS 2 message is in one subscription's buffer (``key``: see
+        ``MqttConsumer.key``); the last one completes it."""
+        inbound.remaining -= 1
+        if inbound.remaining == 0:
+            self._complete(inbound.mid)
+        else:
+            self.session.qos2_given.setdefault(inbound.mid, set()).add(key)
+
+    def _complete(self, mid: int) -> None:
+        """QoS 2 done for the client: forgotten, and PUBCOMP (on a dead link the broker
+        releases it again on the next one, and a PUBREL for an unknown id is answered at
+        once)."""
+        session = self.session
+        session.in_qos2.pop(mid, None)
+        session.qos2_given.pop(mid, None)
+        self._qos2_open.discard(mid)
+        client = self._client
+        if client is not None and self.hooks.alive:
+            client._send_pubcomp(mid)
 
     # -- reading, backpressure, keep-alive -----------------------------------------------------
 
     def _on_data(self) -> None:
         client = self._client
-        if client is None or self._reading_paused:
+        if client is None:
             return
         try:
-            while not self._reading_paused:
+            while True:
                 rc = client.read_packet()
                 if rc == AGAIN:
                     break
@@ -607,42 +667,6 @@ class MqttLink(Link):
         if client._out_packet:  # packets queued from inside paho's callbacks
             client.loop_write()
 
-    def _hold(self, msg: MQTTMessage) -> None:
-        """A subscription's buffer is full. Messages that keep coming wait here, unacked, while
-        the rest of the stream (PUBACKs for our publishes, PINGRESP) is still read: a
-        publisher awaiting confirms on this connection must not deadlock behind a slow
-        consumer. Past ``HOLD_LIMIT`` (only QoS 0 can get there: QoS 1/2 are bounded by the
-        broker's in-flight window) the socket is not read any more: TCP backpressure, and the
-        broker keeps the rest. Nothing is ever dropped."""
-        held = self._held
-        held.append(msg)
-        if len(held) >= HOLD_LIMIT and not self._reading_paused:
-            self._reading_paused = True
-            pipe = self._pipe
-            if pipe is not None and pipe.transport is not None:
-                pipe.transport.pause_reading()
-
-    def resume_if_room(self) -> None:
-        if not self._holding:
-            return
-        for group in self._groups.values():
-            if any(c.sink.room <= 0 for c in group.consumers):
-                return
-        self._holding = False
-        held = self._held
-        while held and not self._holding:
-            self._dispatch(held.popleft())
-        pipe = self._pipe
-        if self._holding or not self._reading_paused or pipe is None or not self.hooks.alive:
-            return
-        self._reading_paused = False
-        pipe.last_in = self._loop.time()
-        self._ping_sent = 0.0
-        self._on_data()
-        transport = pipe.transport
-        if not self._reading_paused and transport is not None and not transport.is_closing():
-            transport.resume_reading()
-
     def _tick(self) -> None:
         """Keep-alive: PINGREQ when the link has been quiet, dead when a ping goes unanswered
         for a whole interval (a half-open link is noticed within about two intervals)."""
@@ -652,28 +676,23 @@ class MqttLink(Link):
             return
         interval = self._keepalive
         now = self._loop.time()
-        if self._reading_paused:
-            # We are not reading on purpose, so silence proves nothing; the broker still needs
-            # to hear from us within its keep-alive.
-            if now - pipe.last_out >= interval / 2:
-                client._send_pingreq()
-                pipe.flush()
-        else:
-            if self._ping_sent and pipe.last_in >= self._ping_sent:
-                self._ping_sent = 0.0
-            if self._ping_sent and now - self._ping_sent >= interval:
-                self._die(
-                    LinkDown(
-                        f"keep-alive: no answer from the broker within "
-                        f"{interval:g} s (half-open connection)"
-                    )
+        # The socket is always read (a full subscription holds only its own messages), so
+        # silence after a ping means a dead link.
+        if self._ping_sent and pipe.last_in >= self._ping_sent:
+            self._ping_sent = 0.0
+        if self._ping_sent and now - self._ping_sent >= interval:
+            self._die(
+                LinkDown(
+                    f"keep-alive: no answer from the broker within "
+                    f"{interval:g} s (half-open connection)"
                 )
-                return
-            quiet = now - pipe.last_out >= interval / 2 or now - pipe.last_in >= interval / 2
-            if not self._ping_sent and quiet:
-                self._ping_sent = now
-                client._send_pingreq()
-                pipe.flush()
+            )
+            return
+        quiet = now - pipe.last_out >= interval / 2 or now - pipe.last_in >= interval / 2
+        if not self._ping_sent and quiet:
+            self._ping_sent = now
+            client._send_pingreq()
+            pipe.flush()
         self._timer = self._loop.call_later(interval / 2, self._tick)
 
     def _transport_lost(self, exc: BaseException | None) -> None:
@@ -740,16 +759,31 @@ class MqttLink(Link):
         client, pipe = self._client, self._pipe
         if client is None or pipe is None or not self.hooks.alive:
             raise LinkDown("the MQTT link is down")
+        if pipe.write_paused:
+            await self._writable(pipe)
         out = self._out
         resume = self.session_present
         pubrec = self.session.pubrec
         send: Any = client._send_publish
+        settled = self.hooks.settled
         written: list[Outgoing] = []
+        unflushed = 0
         for msg in batch:
             qos = msg.qos or 0
             wire: WirePublish = msg.wire
             props = wire.properties
             topic = wire.topic
+            unflushed += wire.size
+            if unflushed >= WRITE_CHUNK:
+                # Written so far, and a paused transport (a slow link) makes the rest wait:
+                # they stay in the outbox, counting against max_buffered, QoS 0 included.
+                unflushed = 0
+                pipe.flush()
+                if pipe.write_paused:
+                    for done in written:
+                        settled(done, None)
+                    written.clear()
+                    await self._writable(pipe)
             if qos == 0:
                 rc = send(0, topic, msg.body, 0, msg.retain, False, NO_INFO, props)
                 written.append(msg)
@@ -775,9 +809,13 @@ class MqttLink(Link):
             if rc != _SUCCESS:
                 raise LinkDown(f"writing PUBLISH failed ({rc})")
         pipe.flush()
-        settled = self.hooks.settled
         for msg in written:
             settled(msg, None)
+
+    async def _writable(self, pipe: _Pipe) -> None:
+        await pipe.writable()
+        if not self.hooks.alive or pipe.closed.done():
+            raise LinkDown("the MQTT link went down while the transport was paused")
 
     def on_acked(self, mid: int, code: int, packet: bytes | bytearray, pubcomp: bool) -> None:
         msg = self._out.pop(mid, None)
@@ -882,8 +920,9 @@ class MqttLink(Link):
         if group is None or consumer not in group.consumers:
             return
         group.consumers.remove(consumer)
-        self.resume_if_room()
+        held, consumer.held = consumer.held, collections.deque()
         if group.consumers:
+            self._let_go(consumer, held, group, gone=False)
             return
         self._drop_group(group)
         if not unsubscribe:
@@ -892,11 +931,50 @@ class MqttLink(Link):
             # on this connection is left unacknowledged for that next connection.
             if persistent(self.opts):
                 self.session.kept[group.filter] = group.matcher
+            self._let_go(consumer, held, group, gone=True)
             return
         self.session.kept.pop(group.filter, None)
+        self._let_go(consumer, held, group, gone=True)
         client = self._client
         if client is not None and self.hooks.alive and not self.closing:
             await self._request(client.unsubscribe(consumer.filter))
+
+    def _let_go(
+        self,
+        consumer: MqttConsumer,
+        held: collections.deque[Held],
+        group: Group,
+        gone: bool,
+    ) -> None:
+        """A cancelled consumer's held messages, which never reached its buffer. A shared
+        filter's other subscriptions take them. One only this consumer still had to take,
+        once its filter is ``gone`` from the link, is treated as a message that arrived for no
+        subscription (``_untaken``: set aside for the session's next connection, kept for a
+        subscription with that filter attached soon, or acknowledged). Otherwise this
+        consumer's part of a message others have too: left unacknowledged (QoS 2: not
+        completed) on a persistent session, done with on a clean one."""
+        if not held:
+            return
+        if group.shared and group.consumers:
+            for entry in held:
+                target = group.targets()[0]
+                if target.held or target.sink.room <= 0:
+                    target.hold(*entry)
+                else:
+                    target.deliver(*entry)
+            return
+        keep = persistent(self.opts)
+        for msg, topic, inbound, _props, _now in held:
+            if inbound is None:
+                continue
+            if gone and inbound.remaining == 1:
+                self._untaken(msg, topic)
+            elif keep:
+                continue
+            elif msg.qos == 1:
+                self.release(inbound)
+            else:
+                self.handed_over(inbound, consumer.key)
 
     def release(self, inbound: Inbound) -> None:
         """One subscription is done with a QoS 1 message; the last one sends the PUBACK."""

@@ -1,8 +1,11 @@
-"""The receiving side of the MQTT link: consumers, shared filters, QoS 1 acknowledgement."""
+"""The receiving side of the MQTT link: consumers, shared filters, QoS 1 acknowledgement, and
+what waits for a subscription whose buffer is full (its own QoS 1/2 messages, unacknowledged).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,7 +21,8 @@ if TYPE_CHECKING:
 
 
 class Inbound:
-    """One QoS 1 PUBLISH handed to one or more subscriptions: PUBACK when all have acked."""
+    """One QoS 1 or 2 PUBLISH handed to one or more subscriptions. QoS 1: PUBACK when all have
+    acked. QoS 2: PUBCOMP when it is in all of their buffers."""
 
     __slots__ = ("mid", "remaining")
 
@@ -28,9 +32,10 @@ class Inbound:
 
 
 class _NoAckNeeded(Consumer):
-    """The settler of QoS 0 and QoS 2 deliveries: there is nothing to send (QoS 2 was completed
-    with PUBCOMP when it was handed over), so ``ack()`` is a no-op that stays valid after the
-    link died, instead of raising ``StaleDelivery`` for a message that needs no settlement."""
+    """The settler of QoS 0 and QoS 2 deliveries: there is nothing to send (QoS 2 is completed
+    with PUBCOMP once it is in the subscriptions' buffers), so ``ack()`` is a no-op that stays
+    valid after the link died, instead of raising ``StaleDelivery`` for a message that needs
+    no settlement."""
 
     protocol: ClassVar[str] = "mqtt"
     can_nack: ClassVar[bool] = False
@@ -54,6 +59,15 @@ class _NoAckNeeded(Consumer):
 
 NO_ACK_NEEDED = _NoAckNeeded()
 
+#: What waits for a full subscription: message, topic, its ``Inbound``, properties, time.
+Held = tuple[
+    "MQTTMessage",
+    str,
+    Inbound | None,
+    tuple[dict[str, Any], str | None, str | None, str | None, str | None],
+    datetime,
+]
+
 
 class MqttConsumer(Consumer):
     protocol: ClassVar[str] = "mqtt"
@@ -76,7 +90,15 @@ class MqttConsumer(Consumer):
         self.no_ack = spec.no_ack
         self.unacked: dict[int, Inbound] = {}
         self.returns_on_loss = persistent(link.opts)
-        sink.on_space(link.resume_if_room)
+        #: QoS 1/2 messages for this subscription while its buffer is full, in arrival order,
+        #: unacknowledged: each holds a slot of the broker's in-flight window (Receive
+        #: Maximum), so the window bounds this queue. Other subscriptions are not held up.
+        self.held: collections.deque[Held] = collections.deque()
+        #: QoS 0 messages dropped for a full buffer since the last report (one per burst).
+        self.dropping = 0
+        #: Who has a QoS 2 message once it is in the buffer: this subscription, or for a
+        #: shared filter the group (one of its subscriptions gets each message).
+        self.key: object = topic_filter if topic_filter.startswith("$share/") else sink
 
     def deliver(
         self,
@@ -89,7 +111,7 @@ class MqttConsumer(Consumer):
         headers, content_type, message_id, correlation_id, reply_to = props
         qos = msg.qos
         settled = self.no_ack
-        if inbound is not None:
+        if inbound is not None and qos == 1:
             if self.no_ack:
                 self.link.release(inbound)
             else:
@@ -114,9 +136,57 @@ class MqttConsumer(Consumer):
                 raw=msg,
             )
         )
+        if qos == 2 and inbound is not None:
+            # In the buffer (which keeps QoS 2 through a link loss): now it may be completed.
+            self.link.handed_over(inbound, self.key)
+
+    def hold(
+        self,
+        msg: MQTTMessage,
+        topic: str,
+        inbound: Inbound | None,
+        props: tuple[dict[str, Any], str | None, str | None, str | None, str | None],
+        now: datetime,
+    ) -> None:
+        """The buffer is full (or older messages wait already): QoS 1/2 wait here,
+        unacknowledged, until the application takes from the buffer; QoS 0 is dropped
+        (counted in the subscription's ``dropped``, reported once per burst)."""
+        if not self.held and not self.dropping:
+            self.sink.on_space(self._space)
+        if msg.qos == 0:
+            self.dropping += 1
+            self.sink.dropped += 1
+        else:
+            self.held.append((msg, topic, inbound, props, now))
+
+    def _space(self) -> None:
+        """The application took a delivery: what is held moves into the buffer, in order.
+        A burst of drops ends (and is reported) once the buffer is half empty again."""
+        held, sink = self.held, self.sink
+        while held and sink.room > 0:
+            self.deliver(*held.popleft())
+        if held:
+            return
+        if self.dropping:
+            if sink.room * 2 < sink.capacity:
+                return
+            self.report_dropped()
+        sink.on_space(None)
+
+    def report_dropped(self) -> None:
+        """The burst of QoS 0 drops ends: one ``deliveries_dropped`` event with its count."""
+        count, self.dropping = self.dropping, 0
+        if count:
+            self.hooks.notify(
+                "deliveries_dropped",
+                f"subscription {self.filter!r}: {count} QoS 0 message"
+                f"{'s' if count != 1 else ''} dropped while its buffer "
+                f"(prefetch={self.sink.capacity}) was full",
+                dropped=count,
+            )
 
     async def ack(self, delivery: Delivery) -> None:
-        # QoS 0: nothing to send. QoS 2: PUBCOMP went when the message was handed over.
+        # QoS 0: nothing to send. QoS 2: PUBCOMP went once the message was in the buffer.
         inbound = self.unacked.pop(delivery.tag, None)
         if inbound is not None:
             self.link.release(inbound)
@@ -134,6 +204,9 @@ class MqttConsumer(Consumer):
         # so a persistent session gets it again on its next connection. Until this
         # connection ends those messages hold part of the broker's in-flight window.
         self.unacked.clear()
+        if self.held or self.dropping:
+            self.sink.on_space(None)
+            self.report_dropped()
         await self.link.detach(self, unsubscribe=not keeps_subscription(self.link.opts, why))
 
 

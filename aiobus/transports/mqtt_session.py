@@ -51,6 +51,7 @@ class Session:
         "next_mid",
         "next_sub_id",
         "pubrec",
+        "qos2_given",
         "retain_available",
         "shared_available",
         "size_suspect",
@@ -79,9 +80,13 @@ class Session:
         #: Outgoing QoS 2 packet ids whose PUBREC came: on a resumed session the PUBREL is
         #: sent again instead of the message.
         self.pubrec: set[int] = set()
-        #: Incoming QoS 2 messages waiting for PUBREL (paho's ``_in_messages``), carried over
-        #: so that a PUBREL after a reconnect still hands the message over exactly once.
+        #: Incoming QoS 2 messages not completed yet (paho's ``_in_messages``): waiting for
+        #: PUBREL, or released and not yet in every subscription's buffer. Carried over, so
+        #: that a PUBREL after a reconnect still hands the message over exactly once.
         self.in_qos2: dict[int, Any] = {}
+        #: For a QoS 2 message in some subscriptions' buffers but not all of them yet: who
+        #: has it (``MqttConsumer.key``), so that a release on the next link skips them.
+        self.qos2_given: dict[int, set[object]] = {}
 
 
 sessions: dict[int, Session] = {}

@@ -5,7 +5,8 @@ WebSocket handshake run synchronously, which is why aiomqtt puts them in an exec
 that cancellation cannot stop). Here asyncio makes the connection (``loop.create_connection``,
 TLS included, cancellable, no thread), and paho gets a ``_Pipe``: a socket-like object whose
 ``recv`` reads what the transport delivered and whose ``send`` queues bytes that are written in
-one ``transport.write`` per loop turn. Backpressure is ``transport.pause_reading()``.
+one ``transport.write`` per loop turn. Write backpressure: the transport's ``pause_writing`` /
+``resume_writing`` (``write_paused``, ``writable()``), which the link's publish waits on.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class _Pipe(asyncio.Protocol):
         self.closed: asyncio.Future[BaseException | None] = loop.create_future()
         self.last_in = loop.time()
         self.last_out = self.last_in
+        #: The transport's buffer is over its high-water mark (``pause_writing``): publishes
+        #: wait in the outbox (``writable()``) instead of growing it without bound.
+        self.write_paused = False
+        self._writable: asyncio.Future[None] | None = None
         #: Called when bytes arrive (the link parses them) and when the peer goes away.
         self.on_data: Callable[[], None] | None = None
         self.on_lost: Callable[[BaseException | None], None] | None = None
@@ -67,6 +72,23 @@ class _Pipe(asyncio.Protocol):
         if self.on_data is not None:
             self.on_data()
         return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter, self._writable = self._writable, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def writable(self) -> None:
+        """Until the transport takes more (``resume_writing``) or the connection is gone."""
+        while self.write_paused and not self.closed.done():
+            waiter = self._writable
+            if waiter is None:
+                waiter = self._writable = self._loop.create_future()
+            await asyncio.wait((waiter, self.closed), return_when=asyncio.FIRST_COMPLETED)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
@@ -229,14 +251,17 @@ class PahoClient(Client):
       reason code (paho ignores PUBREC codes and sends PUBREL even after a refusal), and
       publishes are tracked by the link, not in paho's ``_out_messages`` (no ``MQTTMessage``
       per publish, no paho in-flight limit: the core's window is the one).
-    * ``_handle_pubrel``: in manual-ack mode paho never answers a PUBREL (and a PUBREL for a
-      packet id it does not know, as after a reconnect on a persistent session, would leave
-      the broker's QoS 2 flow stuck forever). QoS 2 is complete for the client once the
-      message is handed over, so PUBCOMP always goes out here.
+    * ``_handle_pubrel``: paho pops the message from ``_in_messages`` and hands it over at
+      once, and in manual-ack mode never answers (a PUBREL for a packet id it does not know,
+      as after a reconnect on a persistent session, would leave the broker's QoS 2 flow stuck
+      forever). Here the message stays in ``_in_messages`` and goes to the link
+      (``aiobus_released``), which sends PUBCOMP once it is in the subscriptions' buffers; a
+      PUBREL for an unknown id (completed before) is answered with PUBCOMP at once.
     """
 
     aiobus_sock: Any = None
     aiobus_link: Any = None
+    aiobus_released: Any = None
 
     def _create_socket(self) -> Any:
         return self.aiobus_sock
@@ -265,10 +290,12 @@ class PahoClient(Client):
         if len(packet) < 2:
             return MQTTErrorCode.MQTT_ERR_PROTOCOL
         mid = (packet[0] << 8) | packet[1]
-        rc: MQTTErrorCode = super()._handle_pubrel()  # hands a known message over
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        msg = self._in_messages.get(mid)
+        if msg is None:
+            rc: MQTTErrorCode = self._send_pubcomp(mid)
             return rc
-        return self._send_pubcomp(mid)
+        self.aiobus_released(msg)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def read_packet(self) -> MQTTErrorCode:
         """Parse one packet from what the pipe holds; MQTT_ERR_AGAIN once it is drained."""

@@ -13,7 +13,6 @@ import pytest
 import aiobus
 from aiobus.events import State
 from aiobus.mqtt import Will
-from aiobus.transports.mqtt import HOLD_LIMIT
 from tests.helpers import other_tasks, through_outage, wait_for_state
 from tests.helpers import unique as uniq
 from tests.integration.mqtt_support import link_of
@@ -391,48 +390,6 @@ async def test_full_buffer_holds_without_dropping_or_deadlocking(
             assert got == list(range(200))
             await events.aclose()  # what it holds is all that happened meanwhile
             assert not [e async for e in events if e.kind == "link_lost"]
-
-
-class _TellsWhenPaused:
-    """The pipe's transport, with an event set when reading pauses: a wrapper, because
-    uvloop's transport methods cannot be patched on the instance."""
-
-    def __init__(self, transport: Any, paused: asyncio.Event) -> None:
-        self._transport = transport
-        self._paused = paused
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-        self._paused.set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-async def test_qos0_flood_pauses_the_socket_then_resumes(mosquitto: Any) -> None:
-    topic = f"{uniq()}/flood"
-    count = HOLD_LIMIT * 3
-    async with aiobus.connect(mosquitto.url, protocol=5, **FAST) as bus:
-        link = link_of(bus)
-        assert link._pipe is not None and link._pipe.transport is not None
-        paused = asyncio.Event()
-        link._pipe.transport = _TellsWhenPaused(link._pipe.transport, paused)
-        async with bus.subscribe(topic, prefetch=10, qos=0) as sub:
-            async with aiobus.connect(mosquitto.url, protocol=5, **FAST) as pub:
-                await asyncio.gather(*(pub.publish(topic, str(i), qos=0) for i in range(count)))
-                await pub.publish(topic, b"end", qos=1)
-            async with asyncio.timeout(10):
-                await paused.wait()
-            got = []
-            async with asyncio.timeout(20):
-                while True:
-                    msg = await sub.get()
-                    await msg.ack()
-                    if msg.body == b"end":
-                        break
-                    got.append(int(msg.text()))
-            assert got == list(range(count))
-            assert not link._reading_paused
 
 
 # -- connection life ---------------------------------------------------------------------------
