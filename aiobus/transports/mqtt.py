@@ -79,6 +79,7 @@ log = logging.getLogger("aiobus")
 
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _PACKET_TOO_LARGE = 0x95  # DISCONNECT reason: a packet over the receiver's maximum
+_PACKET_ID_NOT_FOUND = 0x92  # PUBREL/PUBCOMP reason: no flow with this packet id
 #: Messages held while a subscription's buffer is full before the socket stops being read.
 HOLD_LIMIT = 1000
 #: Seconds after a link opens during which messages no subscription matches yet (a resumed
@@ -143,6 +144,10 @@ class MqttLink(Link):
         #: QoS 1 messages for filters in ``session.kept``, unacked (bounded by the broker's
         #: in-flight window), for a subscription with that filter on this link.
         self._set_aside: list[MQTTMessage] = []
+        #: Packet ids of QoS 2 publishes whose PUBREL this link sent again on a resumed
+        #: session (recovery): PUBCOMP 0x92 (packet identifier not found) answering one of
+        #: them means the broker had completed the message already [MQTT 5, 4.3.3].
+        self._pubrel_resent: set[int] = set()
 
     @classmethod
     def capabilities_for(cls, settings: Settings) -> Capabilities:
@@ -762,6 +767,7 @@ class MqttLink(Link):
                     dup = True
                     if mid in pubrec:
                         out[mid] = msg
+                        self._pubrel_resent.add(mid)
                         rc = client._send_pubrel(mid)
                         if rc != _SUCCESS:
                             raise LinkDown(f"writing PUBREL failed ({rc})")
@@ -781,11 +787,20 @@ class MqttLink(Link):
 
     def on_acked(self, mid: int, code: int, packet: bytes | bytearray, pubcomp: bool) -> None:
         msg = self._out.pop(mid, None)
+        recovered = False
         if pubcomp:
             self.session.pubrec.discard(mid)
+            if self._pubrel_resent:
+                recovered = mid in self._pubrel_resent
+                self._pubrel_resent.discard(mid)
         if msg is None:
             return
-        if code >= 0x80:
+        if code == _PACKET_ID_NOT_FOUND and recovered:
+            # The PUBREL was sent again on a resumed session and the broker no longer knows
+            # the id: it completed the message before the link died (MQTT 5 4.3.3: 0x92 is
+            # not an error during recovery). Anywhere else 0x92 stays a refusal.
+            self.hooks.settled(msg, mid)
+        elif code >= 0x80:
             kind = PacketTypes.PUBCOMP if pubcomp else PacketTypes.PUBACK
             self.hooks.failed(msg, Nacked(reason_text(kind, code, packet), code=code))
         else:
