@@ -134,6 +134,13 @@ class LinkHooks:
         for the one(s) over the limit it states. Empty once the link is lost."""
         return list(self._outbox.in_flight.values()) if self.alive else []
 
+    def waiting_tags(self) -> set[Any]:
+        """The adapter handles (``Outgoing.tag``) of the messages waiting to be written,
+        the re-sends of earlier links among them: an adapter whose handles outlive a link
+        (MQTT packet ids on a resumed session) keeps new handles clear of these. A scan of
+        the queue: for a link's start, not per message."""
+        return {msg.tag for msg in self._outbox.queue.values() if msg.tag is not None}
+
     @property
     def size_limit(self) -> int | None:
         """The smallest size limit a broker's refusal taught this connection, if any:

@@ -148,6 +148,9 @@ class MqttLink(Link):
         #: session (recovery): PUBCOMP 0x92 (packet identifier not found) answering one of
         #: them means the broker had completed the message already [MQTT 5, 4.3.3].
         self._pubrel_resent: set[int] = set()
+        #: On a resumed session: the packet ids of publishes from earlier links that wait to
+        #: be sent again with their id (the broker may hold them); no new packet takes one.
+        self._reserved: set[int] = set()
 
     @classmethod
     def capabilities_for(cls, settings: Settings) -> Capabilities:
@@ -439,6 +442,10 @@ class MqttLink(Link):
         if code != 0:
             raise _connack_error(code, str(reason), self.v5)
         self.session_present = bool(flags.session_present)
+        if self.session_present:
+            # Before anything is sent on this link (the core re-subscribes before it replays
+            # the outbox): the ids the re-sends will carry are taken already.
+            self._reserved = {t for t in self.hooks.waiting_tags() if isinstance(t, int)}
         self._keepalive = float(client._keepalive)
         if self.v5 and cprops is not None:
             receive_max = getattr(cprops, "ReceiveMaximum", None)
@@ -716,14 +723,25 @@ class MqttLink(Link):
 
     # -- publishing --------------------------------------------------------------------------
 
-    def _next_mid(self) -> int:
-        session, out = self.session, self._out
+    def next_packet_id(self) -> int:
+        """The one packet-id allocator of the link, for every packet type: PUBLISH here,
+        SUBSCRIBE and UNSUBSCRIBE through paho (``PahoClient._mid_generate``). An id is never
+        one still held by a packet in flight [MQTT-2.2.1-3]: a QoS 1/2 publish of this link
+        (until PUBACK/PUBCOMP), a SUBSCRIBE/UNSUBSCRIBE (until SUBACK/UNSUBACK), or, on a
+        resumed session, a publish of an earlier link the broker may still hold and that is
+        waiting to be sent again with its id. The counter is the session's, so ids keep
+        rising across the links of a connection."""
+        session, out, waiting, reserved = self.session, self._out, self._waiting, self._reserved
         mid = session.next_mid
+        tried = 0
         while True:
             mid = mid + 1 if mid < 65535 else 1
-            if mid not in out:
+            if mid not in out and mid not in waiting and mid not in reserved:
                 session.next_mid = mid
                 return mid
+            tried += 1
+            if tried >= 65535:
+                raise LinkDown("no free MQTT packet id: 65,535 packets are in flight")
 
     def encode(self, msg: Outgoing) -> None:
         """The PUBLISH's topic and properties were encoded at the call; here its exact size
@@ -765,6 +783,7 @@ class MqttLink(Link):
                     # Same packet id with DUP on a resumed session: the broker recognises
                     # a QoS 2 message it already has instead of delivering it twice.
                     dup = True
+                    self._reserved.discard(mid)
                     if mid in pubrec:
                         out[mid] = msg
                         self._pubrel_resent.add(mid)
@@ -773,7 +792,7 @@ class MqttLink(Link):
                             raise LinkDown(f"writing PUBREL failed ({rc})")
                         continue
                 else:
-                    mid = msg.tag = self._next_mid()
+                    mid = msg.tag = self.next_packet_id()
                 out[mid] = msg
                 rc = send(mid, topic, msg.body, qos, msg.retain, dup, None, props)
                 if not msg.confirm:

@@ -233,6 +233,10 @@ class PahoClient(Client):
       packet id it does not know, as after a reconnect on a persistent session, would leave
       the broker's QoS 2 flow stuck forever). QoS 2 is complete for the client once the
       message is handed over, so PUBCOMP always goes out here.
+    * ``_mid_generate``: SUBSCRIBE and UNSUBSCRIBE (``_send_subscribe``/``_send_unsubscribe``)
+      take their packet ids from the link's allocator, the one publishes use, so no id held
+      by any packet in flight is reused [MQTT-2.2.1-3] (paho's own counter knows nothing of
+      aiobus's publishes).
     """
 
     aiobus_sock: Any = None
@@ -270,6 +274,10 @@ class PahoClient(Client):
             return rc
         return self._send_pubcomp(mid)
 
+    def _mid_generate(self) -> int:
+        mid: int = self.aiobus_link.next_packet_id()
+        return mid
+
     def read_packet(self) -> MQTTErrorCode:
         """Parse one packet from what the pipe holds; MQTT_ERR_AGAIN once it is drained."""
         rc: MQTTErrorCode = self._packet_read()
@@ -277,3 +285,43 @@ class PahoClient(Client):
 
 
 AGAIN = _AGAIN
+
+#: paho-mqtt's private methods aiobus overrides or calls (docs/mqtt.md says why, each).
+PAHO_PRIVATE = (
+    "_create_socket",
+    "_handle_pubackcomp",
+    "_handle_pubrec",
+    "_handle_pubrel",
+    "_mid_generate",
+    "_packet_read",
+    "_send_publish",
+    "_send_pubrel",
+    "_send_pubcomp",
+    "_send_pingreq",
+    "_send_subscribe",
+    "_send_unsubscribe",
+)
+
+
+def check_paho(client: type[Any] = Client) -> None:
+    """At import: the installed paho-mqtt has every private method aiobus relies on, and its
+    SUBSCRIBE/UNSUBSCRIBE take their packet id from ``_mid_generate`` (the hook that puts
+    them in aiobus's one packet-id space). Otherwise an ``ImportError`` naming what is
+    missing, instead of packet ids reused or a failure deep in a link."""
+    missing = [name for name in PAHO_PRIVATE if not callable(getattr(client, name, None))]
+    for sender in ("_send_subscribe", "_send_unsubscribe"):
+        method = getattr(client, sender, None)
+        code = getattr(method, "__code__", None)
+        if code is not None and "_mid_generate" not in code.co_names:
+            missing.append(f"{sender} calling _mid_generate")
+    if missing:
+        from importlib.metadata import version
+
+        raise ImportError(
+            f"aiobus's MQTT adapter needs paho-mqtt 2.x with Client.{', Client.'.join(missing)}; "
+            f"the installed paho-mqtt {version('paho-mqtt')} does not have them "
+            "(install paho-mqtt>=2,<3)"
+        )
+
+
+check_paho()
