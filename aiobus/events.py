@@ -35,6 +35,9 @@ class Event:
     without reaching the application (AMQP 1.0: rejected by default, see its ``undecodable``
     option; ``reason`` names the address, the outcome and why, ``error`` is the decode error;
     the link and the messages behind it go on), and
+    ``"inbound_too_large"`` when an MQTT broker sent a packet over ``max_receive_size``
+    (``reason`` names its size and the limit; the link is closed at the packet's header and
+    the connection reconnects),
     ``"overflow"`` when this stream was read too slowly and dropped its oldest events:
     ``dropped`` says how many, and the overflow event comes where they were, before the
     events that follow (``state`` and ``time`` are those of the first event after the gap).

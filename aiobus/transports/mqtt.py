@@ -66,7 +66,14 @@ from .mqtt_session import (
     sessions,
     wire_publish,
 )
-from .mqtt_wire import AGAIN, PahoClient, _Pipe, websocket_handshake, websocket_over
+from .mqtt_wire import (
+    AGAIN,
+    PahoClient,
+    SizeGuard,
+    _Pipe,
+    websocket_handshake,
+    websocket_over,
+)
 
 if TYPE_CHECKING:
     from paho.mqtt.client import MQTTMessage
@@ -288,11 +295,15 @@ class MqttLink(Link):
             raise await self._connect_failed(error, exc, ctx)  # noqa: B904 (cause set inside)
         self._pipe = pipe
         pipe.on_lost = self._transport_lost
+        pipe.on_oversize = self._inbound_too_large
+        guard = SizeGuard(self.opts.max_receive_size)
         try:
             sock: Any = pipe
             if settings.websocket:
                 await websocket_handshake(pipe, host, port, settings.path, settings.tls)
-                sock = websocket_over(pipe, host, port, settings.path)
+                sock = websocket_over(pipe, host, port, settings.path, guard)
+            else:
+                pipe.guard = guard  # before CONNECT: the broker sends nothing earlier
             await self._mqtt_connect(sock, host, port)
         except asyncio.CancelledError as exc:
             transport.abort()
@@ -420,6 +431,9 @@ class MqttLink(Link):
                 props.SessionExpiryInterval = opts.session_expiry
             if opts.receive_maximum is not None:
                 props.ReceiveMaximum = opts.receive_maximum
+            # The broker must not send more (it drops such a message for this client);
+            # the pipe enforces it on both versions anyway (``SizeGuard``).
+            props.MaximumPacketSize = opts.max_receive_size
         self._connack = self._loop.create_future()
         # Failed by the transport's death whether or not open() is still waiting for it.
         self._connack.add_done_callback(retrieve)
@@ -687,6 +701,25 @@ class MqttLink(Link):
                 client._send_pingreq()
                 pipe.flush()
         self._timer = self._loop.call_later(interval / 2, self._tick)
+
+    def _inbound_too_large(self, size: int) -> None:
+        """The broker sent a packet over ``max_receive_size``: the link is closed at its
+        header, before its body is read, and the application is told in ``events()``."""
+        limit = self.opts.max_receive_size
+        if size < 0:
+            reason = (
+                "the broker sent an MQTT packet with a malformed Remaining Length "
+                "(more than 4 bytes); the link is closed"
+            )
+        else:
+            reason = (
+                f"the broker sent an MQTT packet of {size:,} bytes, over max_receive_size "
+                f"({limit:,} bytes); the link is closed before the packet is read "
+                "(raise max_receive_size to accept such packets)"
+            )
+        error = LinkDown(reason)
+        self.hooks.notify("inbound_too_large", reason, error)
+        self._die(error)
 
     def _transport_lost(self, exc: BaseException | None) -> None:
         why = f": {exc}" if exc else ""
