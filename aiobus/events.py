@@ -35,6 +35,9 @@ class Event:
     without reaching the application (AMQP 1.0: rejected by default, see its ``undecodable``
     option; ``reason`` names the address, the outcome and why, ``error`` is the decode error;
     the link and the messages behind it go on), and
+    ``"session_taken_over"`` when an MQTT 5 broker ended the link because another
+    connection took over the session (DISCONNECT 0x8E; ``error`` is ``SessionTakenOver``, and
+    the connection ends instead of reconnecting),
     ``"inbound_too_large"`` when an MQTT broker sent a packet over ``max_receive_size``
     (``reason`` names its size and the limit; the link is closed at the packet's header and
     the connection reconnects),

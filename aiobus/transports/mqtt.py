@@ -45,6 +45,7 @@ from ..errors import (
     Nacked,
     PermanentConnectError,
     ProtocolMismatch,
+    SessionTakenOver,
     SubscriptionError,
     TransientConnectError,
 )
@@ -55,15 +56,15 @@ from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, Subscri
 from .mqtt_receive import Group, Inbound, MqttConsumer
 from .mqtt_session import (
     NO_INFO,
+    Session,
     WirePublish,
     delivery_fields,
+    new_session,
     options_of,
     persistent,
     properties,
     reason_text,
     retrieve,
-    session_for,
-    sessions,
     wire_publish,
 )
 from .mqtt_wire import (
@@ -87,6 +88,7 @@ log = logging.getLogger("aiobus")
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _PACKET_TOO_LARGE = 0x95  # DISCONNECT reason: a packet over the receiver's maximum
 _PACKET_ID_NOT_FOUND = 0x92  # PUBREL/PUBCOMP reason: no flow with this packet id
+_SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: the same client id connected elsewhere
 #: Messages held while a subscription's buffer is full before the socket stops being read.
 HOLD_LIMIT = 1000
 #: Seconds after a link opens during which messages no subscription matches yet (a resumed
@@ -125,7 +127,9 @@ class MqttLink(Link):
         super().__init__(settings, endpoint, credentials, hooks)
         self.opts = _options(settings)
         self.v5 = self.opts.protocol == 5
-        self.session = session_for(settings)
+        state = hooks.state
+        #: The connection's session (``new_connection_state``), the same on each of its links.
+        self.session: Session = state if isinstance(state, Session) else new_session(settings)
         self._loop = asyncio.get_running_loop()
         self._pipe: _Pipe | None = None
         self._client: PahoClient | None = None
@@ -169,7 +173,18 @@ class MqttLink(Link):
     # -- checks at the call -----------------------------------------------------------------
 
     @classmethod
+    def new_connection_state(cls, settings: Settings) -> Session:
+        """The session: client id, packet-id counter, what CONNACK said, QoS 2 flows."""
+        return new_session(settings)
+
+    @classmethod
     def check_publish(cls, settings: Settings, msg: Outgoing) -> None:
+        """The checks at the call that need no broker (before any link was up)."""
+        cls.check_publish_in(settings, msg, None)
+
+    @classmethod
+    def check_publish_in(cls, settings: Settings, msg: Outgoing, state: Any) -> None:
+        """Everything checked at the call; with the session, also what CONNACK stated."""
         opts = _options(settings)
         validate_mqtt_topic(msg.topic)
         qos = msg.qos
@@ -193,7 +208,8 @@ class MqttLink(Link):
             )
         if msg.retain not in (True, False):
             raise ConfigError(f"retain must be a bool, got {msg.retain!r}")
-        session = sessions.get(id(settings))
+        # What the broker said in CONNACK, once a link of this connection was up.
+        session = state if isinstance(state, Session) and state.connected_once else None
         if opts.protocol == 5:
             if msg.headers:
                 for key, value in msg.headers.items():
@@ -516,9 +532,26 @@ class MqttLink(Link):
             extra = getattr(properties, "ReasonString", None)
             if extra:
                 text += f": {extra}"
-        if getattr(reason, "value", None) == _PACKET_TOO_LARGE:
+        code = getattr(reason, "value", None)
+        if code == _SESSION_TAKEN_OVER:
+            self._taken_over(text)
+            return
+        if code == _PACKET_TOO_LARGE:
             self._refused_by_size()
         self._die(LinkDown(f"the broker disconnected: {text}"))
+
+    def _taken_over(self, text: str) -> None:
+        """DISCONNECT 0x8E: another connection with this client id took the session. Taking
+        it back would take it from that one, and so on forever: the connection ends with
+        ``SessionTakenOver`` (a permanent error: the core does not reconnect)."""
+        reason = (
+            f"the broker disconnected: {text}: another connection took over the session of "
+            f"client id {self.session.client_id!r}; this connection stops instead of taking "
+            "it back (two live connections need two client ids)"
+        )
+        error = SessionTakenOver(reason)
+        self.hooks.notify("session_taken_over", reason, error)
+        self._die(error)
 
     def _refused_by_size(self) -> None:
         """DISCONNECT 0x95 names no packet. The messages in flight over the limit we know
@@ -1051,7 +1084,8 @@ class MqttLink(Link):
     async def _end_session_by_clean_connect(self) -> None:
         opts = dataclasses.replace(self.opts, clean_session=True)
         settings = dataclasses.replace(self.settings, options=opts)
-        hooks = self.hooks.for_side_link(self._loop)
+        # A session of its own (the same client id): it must not touch this one's state.
+        hooks = self.hooks.for_side_link(self._loop, Session(self.session.client_id))
         cleaner = MqttLink(settings, self.endpoint, self.credentials, hooks)
         cleaner.session.connected_once = True  # not a connection of its own: no INFO line
         try:
