@@ -205,6 +205,9 @@ class Consumer(ABC):
     def __init__(self, hooks: LinkHooks) -> None:
         self._hooks = hooks
         self.cancelled = False
+        #: What the broker granted at attach, as the adapter reports it (MQTT: ``"qos"``,
+        #: the QoS of the SUBACK); ``Subscription`` shows it.
+        self.granted: dict[str, Any] = {}
 
     @property
     def alive(self) -> bool:

@@ -88,6 +88,8 @@ log = logging.getLogger("aiobus")
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _PACKET_TOO_LARGE = 0x95  # DISCONNECT reason: a packet over the receiver's maximum
 _PACKET_ID_NOT_FOUND = 0x92  # PUBREL/PUBCOMP reason: no flow with this packet id
+#: The subscribe option that accepts a SUBACK granting a lower QoS than asked.
+ACCEPT_DOWNGRADE = "accept_downgrade"
 _SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: the same client id connected elsewhere
 #: Messages held while a subscription's buffer is full before the socket stops being read.
 HOLD_LIMIT = 1000
@@ -267,8 +269,12 @@ class MqttLink(Link):
 
     @classmethod
     def check_subscribe(cls, settings: Settings, spec: SubscriptionSpec) -> None:
-        if spec.extra:
-            raise ConfigError(f"unknown subscribe options for MQTT: {sorted(spec.extra)}")
+        unknown = set(spec.extra) - {ACCEPT_DOWNGRADE}
+        if unknown:
+            raise ConfigError(f"unknown subscribe options for MQTT: {sorted(unknown)}")
+        accept = spec.extra.get(ACCEPT_DOWNGRADE, False)
+        if not isinstance(accept, bool):
+            raise ConfigError(f"{ACCEPT_DOWNGRADE} must be a bool, got {accept!r}")
         validate_mqtt_filter(spec.pattern)
         if spec.queue is not None:
             if spec.pattern.startswith("$share/"):
@@ -925,6 +931,8 @@ class MqttLink(Link):
             # first), so subscriptions with the same filter share one: a shared filter hands
             # each message to one of them, a plain one to each.
             await asyncio.shield(group.ready)
+            self._check_grant(spec, topic_filter, qos, group.granted)
+            consumer.granted["qos"] = group.granted
             group.consumers.append(consumer)
             return consumer
         # Session-wide, so that an identifier a resumed session still carries from an earlier
@@ -951,12 +959,35 @@ class MqttLink(Link):
                 raise SubscriptionError(
                     f"the broker refused the subscription {topic_filter!r}: {code}"
                 )
+            group.granted = int(value)
+            try:
+                self._check_grant(spec, topic_filter, qos, group.granted)
+            except SubscriptionError:
+                # Not wanted at that QoS: the broker's subscription goes too.
+                self._drop_group(group)
+                if self.hooks.alive:
+                    with contextlib.suppress(LinkDown):
+                        await self._request(client.unsubscribe(topic_filter))
+                raise
         except BaseException as exc:
             self._drop_group(group)
             group.ready.set_exception(exc)
             raise
+        consumer.granted["qos"] = group.granted
         group.ready.set_result(None)
         return consumer
+
+    @staticmethod
+    def _check_grant(spec: SubscriptionSpec, topic_filter: str, asked: int, granted: int) -> None:
+        """A SUBACK that grants less than asked is an error unless the subscriber opted in
+        (``accept_downgrade=True``): a QoS 1 subscription granted QoS 0 has lost
+        at-least-once, and nothing else would say so."""
+        if granted < asked and not spec.extra.get(ACCEPT_DOWNGRADE, False):
+            raise SubscriptionError(
+                f"the broker granted QoS {granted} for {topic_filter!r}, lower than the QoS "
+                f"{asked} asked: its messages would come with at most QoS {granted}; pass "
+                f"{ACCEPT_DOWNGRADE}=True to subscribe() to accept that"
+            )
 
     def _drop_group(self, group: Group) -> None:
         if self._groups.get(group.filter) is group:
