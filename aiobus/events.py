@@ -33,8 +33,9 @@ class Event:
     broker delivers it again),
     ``"delivery_undecodable"`` when a received message could not be decoded and was settled
     without reaching the application (AMQP 1.0: rejected by default, see its ``undecodable``
-    option; ``reason`` names the address, the outcome and why, ``error`` is the decode error;
-    the link and the messages behind it go on), and
+    option; MQTT: a topic that is not UTF-8, acknowledged; ``reason`` names the address or
+    topic, the outcome and why, ``error`` is the decode error; the link and the messages
+    behind it go on), and
     ``"session_taken_over"`` when an MQTT 5 broker ended the link because another
     connection took over the session (DISCONNECT 0x8E; ``error`` is ``SessionTakenOver``, and
     the connection ends instead of reconnecting),

@@ -40,6 +40,7 @@ from ..errors import (
     ConfigError,
     ConnectError,
     ConnectPhase,
+    InvalidMessage,
     LinkDown,
     MessageTooLarge,
     Nacked,
@@ -605,8 +606,9 @@ class MqttLink(Link):
     def _dispatch(self, msg: MQTTMessage) -> None:
         try:
             topic = msg.topic
-        except UnicodeDecodeError:
-            topic = None
+        except UnicodeDecodeError as exc:
+            self._undecodable_topic(msg, exc)
+            return
         props: Any = msg.properties if self.v5 else None
         groups: list[Group] = []
         if props is not None and hasattr(props, "SubscriptionIdentifier"):
@@ -644,6 +646,21 @@ class MqttLink(Link):
             consumer.deliver(msg, topic, inbound, fields, now)
             if consumer.sink.room <= 0:
                 self._holding = True
+
+    def _undecodable_topic(self, msg: MQTTMessage, exc: UnicodeDecodeError) -> None:
+        """A PUBLISH whose topic is not UTF-8 (a broker must not forward one): no filter can
+        match it, so it reaches no subscription. It is acknowledged (QoS 1), or the broker's
+        window for this client would shrink for good, and reported in ``events()``."""
+        raw = bytes(msg._topic)
+        if msg.qos == 1 and self._client is not None:
+            self._client.ack(msg.mid, 1)
+        shown = repr(raw[:80]) + ("..." if len(raw) > 80 else "")
+        reason = (
+            f"an inbound MQTT message (QoS {msg.qos}) has a topic that is not UTF-8, "
+            f"{shown} ({exc.reason} at byte {exc.start}); it reaches no subscription and was "
+            f"{'acknowledged and ' if msg.qos == 1 else ''}dropped"
+        )
+        self.hooks.notify("delivery_undecodable", reason, InvalidMessage(reason))
 
     # -- reading, backpressure, keep-alive -----------------------------------------------------
 
