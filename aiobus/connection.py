@@ -60,6 +60,8 @@ class Connection:
         self._link_cls = link_cls if link_cls is not None else adapter_for(settings.protocol)
         self.protocol = self._link_cls.protocol
         self.capabilities = self._link_cls.capabilities_for(settings)
+        #: The adapter's state for this connection, shared by its links (MQTT: the session).
+        self._adapter_state: Any = self._link_cls.new_connection_state(settings)
         self._state = State.IDLE
         self._hub = EventHub()
         self._outbox: Outbox | None = None
@@ -239,6 +241,9 @@ class Connection:
         async with asyncio.timeout(timeout):
             while self._state is not State.CONNECTED or self._live_link() is None:
                 if self._state in (State.CLOSING, State.CLOSED):
+                    end = self._end_error
+                    if isinstance(end, ConnectError) and end.permanent:
+                        raise copy_error(end)  # why it ended, typed (e.g. SessionTakenOver)
                     raise ConnectionClosed("the connection is closed")
                 if self._state_changed is None or self._state_changed.done():
                     self._state_changed = asyncio.get_running_loop().create_future()
@@ -298,6 +303,12 @@ class Connection:
         """
         link = self._live_link()
         return link.raw if link is not None else None
+
+    @property
+    def adapter_state(self) -> Any:
+        """What the adapter keeps for this connection across its links (MQTT: the session),
+        for inspection and tests; outside aiobus's guarantees, like ``driver``."""
+        return self._adapter_state
 
     @property
     def client_id(self) -> str | None:
@@ -398,6 +409,19 @@ class Connection:
                 continue
 
             lost = await self._serve(link, where)
+            if isinstance(lost.error, ConnectError) and lost.error.permanent:
+                # The broker ended the link for a reason reconnecting cannot change (MQTT:
+                # the session was taken over by another connection): no retry loop.
+                reason = describe(lost.error)
+                self.last_error = lost.error
+                log.error(
+                    "aiobus %s: link lost (%s); not reconnecting",
+                    self.settings.redacted_url(),
+                    reason,
+                )
+                self._fire(Trigger.LINK_LOST, reason=reason, error=lost.error, endpoint=where)
+                self._give_up(lost.error, lost.error)
+                return
             if loop.time() - lost.up_since >= opts.stable_after:
                 backoff.reset()
             index += 1
@@ -466,6 +490,7 @@ class Connection:
             self._consumer_lost,
             self._settle_lost,
             self._notified,
+            state=self._adapter_state,
         )
         link: Link | None = None
         try:
@@ -690,7 +715,11 @@ class Connection:
             confirm=confirm,
             outage=outage,
         )
-        self._link_cls.check_publish(self.settings, msg)
+        state = self._adapter_state
+        if state is None:
+            self._link_cls.check_publish(self.settings, msg)
+        else:  # only adapters that keep connection state take it
+            self._link_cls.check_publish_in(self.settings, msg, state)
         size_limit = outbox.size_limit
         if size_limit is not None:
             size = self._link_cls.encoded_size(self.settings, msg)

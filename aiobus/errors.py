@@ -69,6 +69,12 @@ class PermanentConnectError(ConnectError):
     permanent = True
 
 
+class SessionTakenOver(PermanentConnectError):
+    """The broker ended the link because another connection took over its session (MQTT 5
+    DISCONNECT 0x8E: the same client id connected elsewhere). Reconnecting would take it
+    back and start a tug of war, so the connection ends with this error instead."""
+
+
 class AuthenticationError(PermanentConnectError):
     """The broker refused the credentials."""
 

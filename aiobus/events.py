@@ -33,11 +33,18 @@ class Event:
     broker delivers it again),
     ``"delivery_undecodable"`` when a received message could not be decoded and was settled
     without reaching the application (AMQP 1.0: rejected by default, see its ``undecodable``
-    option; ``reason`` names the address, the outcome and why, ``error`` is the decode error;
-    the link and the messages behind it go on),
+    option; MQTT: a topic that is not UTF-8, acknowledged; ``reason`` names the address or
+    topic, the outcome and why, ``error`` is the decode error; the link and the messages
+    behind it go on),
     ``"deliveries_dropped"`` when messages the broker does not keep (MQTT QoS 0) were dropped
     for a subscription whose buffer was full: once per burst, when the buffer is half empty
-    again, ``dropped`` says how many (``Subscription.dropped`` counts them all), and
+    again, ``dropped`` says how many (``Subscription.dropped`` counts them all),
+    ``"session_taken_over"`` when an MQTT 5 broker ended the link because another
+    connection took over the session (DISCONNECT 0x8E; ``error`` is ``SessionTakenOver``, and
+    the connection ends instead of reconnecting),
+    ``"inbound_too_large"`` when an MQTT broker sent a packet over ``max_receive_size``
+    (``reason`` names its size and the limit; the link is closed at the packet's header and
+    the connection reconnects), and
     ``"overflow"`` when this stream was read too slowly and dropped its oldest events:
     ``dropped`` says how many, and the overflow event comes where they were, before the
     events that follow (``state`` and ``time`` are those of the first event after the gap).

@@ -62,8 +62,8 @@ def connect(
     list of them), or a bare host name, completed by ``port``, ``tls``, ``websocket_path``,
     ``username`` and ``password``. Every other keyword is an ``MqttOptions`` field (``protocol``,
     ``client_id``, ``qos``, ``clean_session``, ``session_expiry``, ``receive_maximum``,
-    ``will``, ``heartbeat`` (keep-alive), ``ca_file``, ``certfile``, ``keyfile``, ...), checked
-    here with a ``ConfigError`` naming the option.
+    ``max_receive_size``, ``will``, ``heartbeat`` (keep-alive), ``ca_file``, ``certfile``,
+    ``keyfile``, ...), checked here with a ``ConfigError`` naming the option.
     """
     if isinstance(url_or_host, str) and "://" not in url_or_host:
         from urllib.parse import quote

@@ -102,6 +102,10 @@ class AmqpOptions(CommonOptions):
     topology: Sequence[Any] = field(default=(), metadata=KW_ONLY)
 
 
+#: The largest packet MQTT can frame: type byte, 4-byte Remaining Length, 268,435,455 bytes.
+_MQTT_LARGEST_PACKET = 1 + 4 + 268_435_455
+
+
 @dataclass(frozen=True, kw_only=True)
 class MqttOptions(CommonOptions):
     protocol: Literal[4, 5] = 4
@@ -123,6 +127,10 @@ class MqttOptions(CommonOptions):
     ``prefetch``, capped at 65,535)."""
     max_message_size: int = 256 * 1024 * 1024 - 1
     """Largest payload accepted at the call; lowered by the broker's MQTT 5 Maximum Packet Size."""
+    max_receive_size: int = 16 * 1024 * 1024
+    """Largest MQTT packet accepted from the broker, in bytes (the whole packet): sent as
+    Maximum Packet Size in the MQTT 5 CONNECT, and on both versions a larger packet closes the
+    link at its header, before its body is buffered (an ``inbound_too_large`` event)."""
     will: Any = field(default=None, metadata=KW_ONLY)
     """Last will: ``aiobus.mqtt.Will(topic, payload, qos=, retain=)`` or a dict of those."""
 
@@ -155,6 +163,11 @@ class MqttOptions(CommonOptions):
                 f"heartbeat (MQTT keep-alive) must be <= 65535 s, got {self.heartbeat!r}"
             )
         _positive(self, "max_message_size")
+        if not 64 <= self.max_receive_size <= _MQTT_LARGEST_PACKET:
+            raise ConfigError(
+                f"max_receive_size must be 64-{_MQTT_LARGEST_PACKET:,} bytes (the largest "
+                f"MQTT packet), got {self.max_receive_size!r}"
+            )
         if self.will is not None:
             from .mqtt import Will  # here, not at the top: aiobus.mqtt imports the core
             from .topics import validate_mqtt_topic

@@ -50,6 +50,17 @@ class Subscription:
         self._attachment = Attachment()
 
     @property
+    def granted_qos(self) -> int | None:
+        """The QoS the broker granted this subscription on the current link (MQTT SUBACK;
+        lower than asked only with ``accept_downgrade=True``); None while it is not attached
+        or where the protocol grants none."""
+        consumer = self._attachment.consumer
+        if consumer is None:
+            return None
+        qos = consumer.granted.get("qos")
+        return qos if isinstance(qos, int) else None
+
+    @property
     def pattern(self) -> str:
         return self.spec.pattern
 

@@ -91,6 +91,7 @@ class LinkHooks:
         "_settle_lost",
         "alive",
         "generation",
+        "state",
     )
 
     def __init__(
@@ -101,8 +102,12 @@ class LinkHooks:
         on_consumer_lost: Callable[[DeliverySink, BaseException], None] | None = None,
         on_settle_lost: Callable[[Delivery], None] | None = None,
         on_notify: Callable[[str, str, BaseException | None, int], None] | None = None,
+        state: Any = None,
     ) -> None:
         self._outbox = outbox
+        #: What the adapter keeps for the connection across its links
+        #: (``Link.new_connection_state``): the same object for every link of a connection.
+        self.state = state
         self._notify = on_notify
         self._lost: asyncio.Future[BaseException] = loop.create_future()
         self._consumer_lost = on_consumer_lost
@@ -142,17 +147,24 @@ class LinkHooks:
         for the one(s) over the limit it states. Empty once the link is lost."""
         return list(self._outbox.in_flight.values()) if self.alive else []
 
+    def waiting_tags(self) -> set[Any]:
+        """The adapter handles (``Outgoing.tag``) of the messages waiting to be written,
+        the re-sends of earlier links among them: an adapter whose handles outlive a link
+        (MQTT packet ids on a resumed session) keeps new handles clear of these. A scan of
+        the queue: for a link's start, not per message."""
+        return {msg.tag for msg in self._outbox.queue.values() if msg.tag is not None}
+
     @property
     def size_limit(self) -> int | None:
         """The smallest size limit a broker's refusal taught this connection, if any:
         ``Link.encode`` fails a larger message alone instead of writing it."""
         return self._outbox.size_limit
 
-    def for_side_link(self, loop: asyncio.AbstractEventLoop) -> LinkHooks:
+    def for_side_link(self, loop: asyncio.AbstractEventLoop, state: Any = None) -> LinkHooks:
         """Hooks for a short-lived link an adapter opens for its own purposes (MQTT 3.1.1
         ends a session by a clean connect): it publishes and attaches nothing, so it needs
-        no ears of the core beyond knowing when it dies."""
-        return LinkHooks(self._outbox, self.generation, loop)
+        no ears of the core beyond knowing when it dies; ``state`` is its own."""
+        return LinkHooks(self._outbox, self.generation, loop, state=state)
 
     def lost(self, exc: BaseException) -> None:
         """The link is dead. Safe to call more than once and from any callback."""
@@ -204,6 +216,9 @@ class Consumer(ABC):
     def __init__(self, hooks: LinkHooks) -> None:
         self._hooks = hooks
         self.cancelled = False
+        #: What the broker granted at attach, as the adapter reports it (MQTT: ``"qos"``,
+        #: the QoS of the SUBACK); ``Subscription`` shows it.
+        self.granted: dict[str, Any] = {}
 
     @property
     def alive(self) -> bool:
@@ -259,9 +274,25 @@ class Link(ABC):
     # -- checks made at the call, before anything is queued -------------------------------
 
     @classmethod
+    def new_connection_state(cls, settings: Settings) -> Any:
+        """What this adapter keeps for one connection across its links (MQTT: the session:
+        client id, packet-id counter, what the broker said in CONNACK, QoS 2 flows). The
+        core makes it once per connection and hands the same object to every link
+        (``LinkHooks.state``) and to ``check_publish``; it goes with the connection. None by
+        default."""
+        return None
+
+    @classmethod
     @abstractmethod
     def check_publish(cls, settings: Settings, msg: Outgoing) -> None:
         """Raise InvalidTopic / ConfigError / MessageTooLarge; fill protocol defaults."""
+
+    @classmethod
+    def check_publish_in(cls, settings: Settings, msg: Outgoing, state: Any) -> None:
+        """``check_publish`` with the connection's ``state`` (``new_connection_state``), for
+        limits a broker stated; the core calls this instead where the state is not None.
+        By default the state is not needed."""
+        cls.check_publish(settings, msg)
 
     @classmethod
     def check_subscribe(cls, settings: Settings, spec: SubscriptionSpec) -> None:

@@ -42,11 +42,13 @@ from ..errors import (
     ConfigError,
     ConnectError,
     ConnectPhase,
+    InvalidMessage,
     LinkDown,
     MessageTooLarge,
     Nacked,
     PermanentConnectError,
     ProtocolMismatch,
+    SessionTakenOver,
     SubscriptionError,
     TransientConnectError,
 )
@@ -57,18 +59,25 @@ from .base import Capabilities, Consumer, DeliverySink, Link, LinkHooks, Subscri
 from .mqtt_receive import Group, Held, Inbound, MqttConsumer
 from .mqtt_session import (
     NO_INFO,
+    Session,
     WirePublish,
     delivery_fields,
+    new_session,
     options_of,
     persistent,
     properties,
     reason_text,
     retrieve,
-    session_for,
-    sessions,
     wire_publish,
 )
-from .mqtt_wire import AGAIN, PahoClient, _Pipe, websocket_handshake, websocket_over
+from .mqtt_wire import (
+    AGAIN,
+    PahoClient,
+    SizeGuard,
+    _Pipe,
+    websocket_handshake,
+    websocket_over,
+)
 
 if TYPE_CHECKING:
     from paho.mqtt.client import MQTTMessage
@@ -81,6 +90,10 @@ log = logging.getLogger("aiobus")
 
 _SUCCESS = MQTTErrorCode.MQTT_ERR_SUCCESS
 _PACKET_TOO_LARGE = 0x95  # DISCONNECT reason: a packet over the receiver's maximum
+_PACKET_ID_NOT_FOUND = 0x92  # PUBREL/PUBCOMP reason: no flow with this packet id
+#: The subscribe option that accepts a SUBACK granting a lower QoS than asked.
+ACCEPT_DOWNGRADE = "accept_downgrade"
+_SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: the same client id connected elsewhere
 #: Bytes of PUBLISH packets queued in one batch before they are written and the transport's
 #: write backpressure is looked at (asyncio's default high-water mark is 64 KiB).
 WRITE_CHUNK = 64 * 1024
@@ -120,7 +133,9 @@ class MqttLink(Link):
         super().__init__(settings, endpoint, credentials, hooks)
         self.opts = _options(settings)
         self.v5 = self.opts.protocol == 5
-        self.session = session_for(settings)
+        state = hooks.state
+        #: The connection's session (``new_connection_state``), the same on each of its links.
+        self.session: Session = state if isinstance(state, Session) else new_session(settings)
         self._loop = asyncio.get_running_loop()
         self._pipe: _Pipe | None = None
         self._client: PahoClient | None = None
@@ -145,6 +160,13 @@ class MqttLink(Link):
         #: QoS 1/2 messages for filters in ``session.kept``, unacked (bounded by the broker's
         #: in-flight window), for a subscription with that filter on this link.
         self._set_aside: list[MQTTMessage] = []
+        #: Packet ids of QoS 2 publishes whose PUBREL this link sent again on a resumed
+        #: session (recovery): PUBCOMP 0x92 (packet identifier not found) answering one of
+        #: them means the broker had completed the message already [MQTT 5, 4.3.3].
+        self._pubrel_resent: set[int] = set()
+        #: On a resumed session: the packet ids of publishes from earlier links that wait to
+        #: be sent again with their id (the broker may hold them); no new packet takes one.
+        self._reserved: set[int] = set()
 
     @classmethod
     def capabilities_for(cls, settings: Settings) -> Capabilities:
@@ -156,7 +178,18 @@ class MqttLink(Link):
     # -- checks at the call -----------------------------------------------------------------
 
     @classmethod
+    def new_connection_state(cls, settings: Settings) -> Session:
+        """The session: client id, packet-id counter, what CONNACK said, QoS 2 flows."""
+        return new_session(settings)
+
+    @classmethod
     def check_publish(cls, settings: Settings, msg: Outgoing) -> None:
+        """The checks at the call that need no broker (before any link was up)."""
+        cls.check_publish_in(settings, msg, None)
+
+    @classmethod
+    def check_publish_in(cls, settings: Settings, msg: Outgoing, state: Any) -> None:
+        """Everything checked at the call; with the session, also what CONNACK stated."""
         opts = _options(settings)
         validate_mqtt_topic(msg.topic)
         qos = msg.qos
@@ -180,7 +213,8 @@ class MqttLink(Link):
             )
         if msg.retain not in (True, False):
             raise ConfigError(f"retain must be a bool, got {msg.retain!r}")
-        session = sessions.get(id(settings))
+        # What the broker said in CONNACK, once a link of this connection was up.
+        session = state if isinstance(state, Session) and state.connected_once else None
         if opts.protocol == 5:
             if msg.headers:
                 for key, value in msg.headers.items():
@@ -238,8 +272,12 @@ class MqttLink(Link):
 
     @classmethod
     def check_subscribe(cls, settings: Settings, spec: SubscriptionSpec) -> None:
-        if spec.extra:
-            raise ConfigError(f"unknown subscribe options for MQTT: {sorted(spec.extra)}")
+        unknown = set(spec.extra) - {ACCEPT_DOWNGRADE}
+        if unknown:
+            raise ConfigError(f"unknown subscribe options for MQTT: {sorted(unknown)}")
+        accept = spec.extra.get(ACCEPT_DOWNGRADE, False)
+        if not isinstance(accept, bool):
+            raise ConfigError(f"{ACCEPT_DOWNGRADE} must be a bool, got {accept!r}")
         validate_mqtt_filter(spec.pattern)
         if spec.queue is not None:
             if spec.pattern.startswith("$share/"):
@@ -282,11 +320,15 @@ class MqttLink(Link):
             raise await self._connect_failed(error, exc, ctx)  # noqa: B904 (cause set inside)
         self._pipe = pipe
         pipe.on_lost = self._transport_lost
+        pipe.on_oversize = self._inbound_too_large
+        guard = SizeGuard(self.opts.max_receive_size)
         try:
             sock: Any = pipe
             if settings.websocket:
                 await websocket_handshake(pipe, host, port, settings.path, settings.tls)
-                sock = websocket_over(pipe, host, port, settings.path)
+                sock = websocket_over(pipe, host, port, settings.path, guard)
+            else:
+                pipe.guard = guard  # before CONNECT: the broker sends nothing earlier
             await self._mqtt_connect(sock, host, port)
         except asyncio.CancelledError as exc:
             transport.abort()
@@ -422,6 +464,9 @@ class MqttLink(Link):
             if receive_max is None:
                 receive_max = min(opts.prefetch, 65535)
             props.ReceiveMaximum = receive_max
+            # The broker must not send more (it drops such a message for this client);
+            # the pipe enforces it on both versions anyway (``SizeGuard``).
+            props.MaximumPacketSize = opts.max_receive_size
         self._connack = self._loop.create_future()
         # Failed by the transport's death whether or not open() is still waiting for it.
         self._connack.add_done_callback(retrieve)
@@ -444,6 +489,10 @@ class MqttLink(Link):
         if code != 0:
             raise _connack_error(code, str(reason), self.v5)
         self.session_present = bool(flags.session_present)
+        if self.session_present:
+            # Before anything is sent on this link (the core re-subscribes before it replays
+            # the outbox): the ids the re-sends will carry are taken already.
+            self._reserved = {t for t in self.hooks.waiting_tags() if isinstance(t, int)}
         self._keepalive = float(client._keepalive)
         if self.v5 and cprops is not None:
             receive_max = getattr(cprops, "ReceiveMaximum", None)
@@ -501,9 +550,26 @@ class MqttLink(Link):
             extra = getattr(properties, "ReasonString", None)
             if extra:
                 text += f": {extra}"
-        if getattr(reason, "value", None) == _PACKET_TOO_LARGE:
+        code = getattr(reason, "value", None)
+        if code == _SESSION_TAKEN_OVER:
+            self._taken_over(text)
+            return
+        if code == _PACKET_TOO_LARGE:
             self._refused_by_size()
         self._die(LinkDown(f"the broker disconnected: {text}"))
+
+    def _taken_over(self, text: str) -> None:
+        """DISCONNECT 0x8E: another connection with this client id took the session. Taking
+        it back would take it from that one, and so on forever: the connection ends with
+        ``SessionTakenOver`` (a permanent error: the core does not reconnect)."""
+        reason = (
+            f"the broker disconnected: {text}: another connection took over the session of "
+            f"client id {self.session.client_id!r}; this connection stops instead of taking "
+            "it back (two live connections need two client ids)"
+        )
+        error = SessionTakenOver(reason)
+        self.hooks.notify("session_taken_over", reason, error)
+        self._die(error)
 
     def _refused_by_size(self) -> None:
         """DISCONNECT 0x95 names no packet. The messages in flight over the limit we know
@@ -560,8 +626,9 @@ class MqttLink(Link):
     def _dispatch(self, msg: MQTTMessage) -> None:
         try:
             topic = msg.topic
-        except UnicodeDecodeError:
-            topic = None
+        except UnicodeDecodeError as exc:
+            self._undecodable_topic(msg, exc)
+            return
         props: Any = msg.properties if self.v5 else None
         groups: list[Group] = []
         if props is not None and hasattr(props, "SubscriptionIdentifier"):
@@ -640,6 +707,25 @@ class MqttLink(Link):
         if client is not None and self.hooks.alive:
             client._send_pubcomp(mid)
 
+    def _undecodable_topic(self, msg: MQTTMessage, exc: UnicodeDecodeError) -> None:
+        """A PUBLISH whose topic is not UTF-8 (a broker must not forward one): no filter can
+        match it, so it reaches no subscription. It is acknowledged (QoS 1) or completed
+        (QoS 2), or the broker's window for this client would shrink for good, and reported in
+        ``events()``."""
+        raw = bytes(msg._topic)
+        if msg.qos == 1 and self._client is not None:
+            self._client.ack(msg.mid, 1)
+        elif msg.qos == 2:
+            self._complete(msg.mid)
+        settled = {0: "", 1: "acknowledged and ", 2: "completed and "}[msg.qos]
+        shown = repr(raw[:80]) + ("..." if len(raw) > 80 else "")
+        reason = (
+            f"an inbound MQTT message (QoS {msg.qos}) has a topic that is not UTF-8, "
+            f"{shown} ({exc.reason} at byte {exc.start}); it reaches no subscription and was "
+            f"{settled}dropped"
+        )
+        self.hooks.notify("delivery_undecodable", reason, InvalidMessage(reason))
+
     # -- reading, backpressure, keep-alive -----------------------------------------------------
 
     def _on_data(self) -> None:
@@ -695,6 +781,25 @@ class MqttLink(Link):
             pipe.flush()
         self._timer = self._loop.call_later(interval / 2, self._tick)
 
+    def _inbound_too_large(self, size: int) -> None:
+        """The broker sent a packet over ``max_receive_size``: the link is closed at its
+        header, before its body is read, and the application is told in ``events()``."""
+        limit = self.opts.max_receive_size
+        if size < 0:
+            reason = (
+                "the broker sent an MQTT packet with a malformed Remaining Length "
+                "(more than 4 bytes); the link is closed"
+            )
+        else:
+            reason = (
+                f"the broker sent an MQTT packet of {size:,} bytes, over max_receive_size "
+                f"({limit:,} bytes); the link is closed before the packet is read "
+                "(raise max_receive_size to accept such packets)"
+            )
+        error = LinkDown(reason)
+        self.hooks.notify("inbound_too_large", reason, error)
+        self._die(error)
+
     def _transport_lost(self, exc: BaseException | None) -> None:
         why = f": {exc}" if exc else ""
         self._die(LinkDown(f"the MQTT connection was closed{why}"))
@@ -730,14 +835,25 @@ class MqttLink(Link):
 
     # -- publishing --------------------------------------------------------------------------
 
-    def _next_mid(self) -> int:
-        session, out = self.session, self._out
+    def next_packet_id(self) -> int:
+        """The one packet-id allocator of the link, for every packet type: PUBLISH here,
+        SUBSCRIBE and UNSUBSCRIBE through paho (``PahoClient._mid_generate``). An id is never
+        one still held by a packet in flight [MQTT-2.2.1-3]: a QoS 1/2 publish of this link
+        (until PUBACK/PUBCOMP), a SUBSCRIBE/UNSUBSCRIBE (until SUBACK/UNSUBACK), or, on a
+        resumed session, a publish of an earlier link the broker may still hold and that is
+        waiting to be sent again with its id. The counter is the session's, so ids keep
+        rising across the links of a connection."""
+        session, out, waiting, reserved = self.session, self._out, self._waiting, self._reserved
         mid = session.next_mid
+        tried = 0
         while True:
             mid = mid + 1 if mid < 65535 else 1
-            if mid not in out:
+            if mid not in out and mid not in waiting and mid not in reserved:
                 session.next_mid = mid
                 return mid
+            tried += 1
+            if tried >= 65535:
+                raise LinkDown("no free MQTT packet id: 65,535 packets are in flight")
 
     def encode(self, msg: Outgoing) -> None:
         """The PUBLISH's topic and properties were encoded at the call; here its exact size
@@ -794,14 +910,16 @@ class MqttLink(Link):
                     # Same packet id with DUP on a resumed session: the broker recognises
                     # a QoS 2 message it already has instead of delivering it twice.
                     dup = True
+                    self._reserved.discard(mid)
                     if mid in pubrec:
                         out[mid] = msg
+                        self._pubrel_resent.add(mid)
                         rc = client._send_pubrel(mid)
                         if rc != _SUCCESS:
                             raise LinkDown(f"writing PUBREL failed ({rc})")
                         continue
                 else:
-                    mid = msg.tag = self._next_mid()
+                    mid = msg.tag = self.next_packet_id()
                 out[mid] = msg
                 rc = send(mid, topic, msg.body, qos, msg.retain, dup, None, props)
                 if not msg.confirm:
@@ -819,11 +937,20 @@ class MqttLink(Link):
 
     def on_acked(self, mid: int, code: int, packet: bytes | bytearray, pubcomp: bool) -> None:
         msg = self._out.pop(mid, None)
+        recovered = False
         if pubcomp:
             self.session.pubrec.discard(mid)
+            if self._pubrel_resent:
+                recovered = mid in self._pubrel_resent
+                self._pubrel_resent.discard(mid)
         if msg is None:
             return
-        if code >= 0x80:
+        if code == _PACKET_ID_NOT_FOUND and recovered:
+            # The PUBREL was sent again on a resumed session and the broker no longer knows
+            # the id: it completed the message before the link died (MQTT 5 4.3.3: 0x92 is
+            # not an error during recovery). Anywhere else 0x92 stays a refusal.
+            self.hooks.settled(msg, mid)
+        elif code >= 0x80:
             kind = PacketTypes.PUBCOMP if pubcomp else PacketTypes.PUBACK
             self.hooks.failed(msg, Nacked(reason_text(kind, code, packet), code=code))
         else:
@@ -863,6 +990,8 @@ class MqttLink(Link):
             # first), so subscriptions with the same filter share one: a shared filter hands
             # each message to one of them, a plain one to each.
             await asyncio.shield(group.ready)
+            self._check_grant(spec, topic_filter, qos, group.granted)
+            consumer.granted["qos"] = group.granted
             group.consumers.append(consumer)
             return consumer
         # Session-wide, so that an identifier a resumed session still carries from an earlier
@@ -889,12 +1018,35 @@ class MqttLink(Link):
                 raise SubscriptionError(
                     f"the broker refused the subscription {topic_filter!r}: {code}"
                 )
+            group.granted = int(value)
+            try:
+                self._check_grant(spec, topic_filter, qos, group.granted)
+            except SubscriptionError:
+                # Not wanted at that QoS: the broker's subscription goes too.
+                self._drop_group(group)
+                if self.hooks.alive:
+                    with contextlib.suppress(LinkDown):
+                        await self._request(client.unsubscribe(topic_filter))
+                raise
         except BaseException as exc:
             self._drop_group(group)
             group.ready.set_exception(exc)
             raise
+        consumer.granted["qos"] = group.granted
         group.ready.set_result(None)
         return consumer
+
+    @staticmethod
+    def _check_grant(spec: SubscriptionSpec, topic_filter: str, asked: int, granted: int) -> None:
+        """A SUBACK that grants less than asked is an error unless the subscriber opted in
+        (``accept_downgrade=True``): a QoS 1 subscription granted QoS 0 has lost
+        at-least-once, and nothing else would say so."""
+        if granted < asked and not spec.extra.get(ACCEPT_DOWNGRADE, False):
+            raise SubscriptionError(
+                f"the broker granted QoS {granted} for {topic_filter!r}, lower than the QoS "
+                f"{asked} asked: its messages would come with at most QoS {granted}; pass "
+                f"{ACCEPT_DOWNGRADE}=True to subscribe() to accept that"
+            )
 
     def _drop_group(self, group: Group) -> None:
         if self._groups.get(group.filter) is group:
@@ -1062,7 +1214,8 @@ class MqttLink(Link):
     async def _end_session_by_clean_connect(self) -> None:
         opts = dataclasses.replace(self.opts, clean_session=True)
         settings = dataclasses.replace(self.settings, options=opts)
-        hooks = self.hooks.for_side_link(self._loop)
+        # A session of its own (the same client id): it must not touch this one's state.
+        hooks = self.hooks.for_side_link(self._loop, Session(self.session.client_id))
         cleaner = MqttLink(settings, self.endpoint, self.credentials, hooks)
         cleaner.session.connected_once = True  # not a connection of its own: no INFO line
         try:

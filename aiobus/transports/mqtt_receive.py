@@ -213,7 +213,16 @@ class MqttConsumer(Consumer):
 class Group:
     """One broker subscription (one filter) and the consumers that share it."""
 
-    __slots__ = ("consumers", "filter", "matcher", "next", "ready", "shared", "sub_id")
+    __slots__ = (
+        "consumers",
+        "filter",
+        "granted",
+        "matcher",
+        "next",
+        "ready",
+        "shared",
+        "sub_id",
+    )
 
     def __init__(self, topic_filter: str, sub_id: int, loop: asyncio.AbstractEventLoop) -> None:
         self.filter = topic_filter
@@ -222,6 +231,8 @@ class Group:
         self.matcher = TopicMatcher(topic_filter, "mqtt")
         self.consumers: list[MqttConsumer] = []
         self.next = 0
+        #: The QoS the broker granted in SUBACK (set before ``ready`` completes).
+        self.granted = 0
         self.ready: asyncio.Future[None] = loop.create_future()
         self.ready.add_done_callback(retrieve)
 

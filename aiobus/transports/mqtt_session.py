@@ -7,7 +7,6 @@ import contextlib
 import math
 import secrets
 import struct
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from paho.mqtt.properties import Properties
@@ -89,23 +88,14 @@ class Session:
         self.qos2_given: dict[int, set[object]] = {}
 
 
-sessions: dict[int, Session] = {}
-
-
-def session_for(settings: Settings) -> Session:
-    # One Settings object per Connection, so its id keys the connection's session; the entry
-    # goes when the Settings object does.
-    key = id(settings)
-    found = sessions.get(key)
-    if found is None:
-        opts = options_of(settings)
-        if opts.client_id:
-            found = Session(opts.client_id)
-        else:
-            found = Session(f"aiobus-{secrets.token_hex(8)}", "generated")
-        sessions[key] = found
-        weakref.finalize(settings, sessions.pop, key, None)
-    return found
+def new_session(settings: Settings) -> Session:
+    """A connection's session state (``MqttLink.new_connection_state``): the core keeps it
+    with the connection and hands it to each of its links, so it is never shared with
+    another connection and goes when the connection does."""
+    opts = options_of(settings)
+    if opts.client_id:
+        return Session(opts.client_id)
+    return Session(f"aiobus-{secrets.token_hex(8)}", "generated")
 
 
 def persistent(opts: MqttOptions) -> bool:

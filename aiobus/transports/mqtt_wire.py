@@ -29,6 +29,56 @@ _AGAIN = MQTTErrorCode.MQTT_ERR_AGAIN
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
+class SizeGuard:
+    """Follows MQTT packet boundaries in the bytes as they arrive, from each fixed header's
+    Remaining Length, and finds a packet over ``limit`` bytes (whole packet, as MQTT 5's
+    Maximum Packet Size counts it) as soon as its header is in, before its body is buffered.
+    Per chunk it only hops from header to header: no copy, no buffering."""
+
+    __slots__ = ("_count", "_in_header", "_length", "_skip", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._skip = 0  # bytes of the current packet's body still to come
+        self._in_header = False  # inside a Remaining Length (after the first byte)
+        self._length = 0
+        self._count = 0  # Remaining Length bytes read so far
+
+    def feed(self, data: bytes | bytearray) -> int | None:
+        """None, or the size of the first packet over the limit (-1: a malformed Remaining
+        Length, more than 4 bytes) whose header ``data`` completes."""
+        n = len(data)
+        skip = self._skip
+        if skip >= n:
+            self._skip = skip - n
+            return None
+        pos = skip
+        in_header, length, count = self._in_header, self._length, self._count
+        limit = self.limit
+        while pos < n:
+            if not in_header:
+                pos += 1  # the packet type byte
+                in_header = True
+                length = count = 0
+                continue
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << (7 * count)
+            count += 1
+            if byte & 0x80:
+                if count == 4:
+                    return -1
+                continue
+            size = 1 + count + length
+            if size > limit:
+                return size
+            in_header = False
+            pos += length
+        self._skip = pos - n
+        self._in_header, self._length, self._count = in_header, length, count
+        return None
+
+
 class _Pipe(asyncio.Protocol):
     """An asyncio protocol that also looks enough like a non-blocking socket for paho."""
 
@@ -50,6 +100,10 @@ class _Pipe(asyncio.Protocol):
         #: Called when bytes arrive (the link parses them) and when the peer goes away.
         self.on_data: Callable[[], None] | None = None
         self.on_lost: Callable[[BaseException | None], None] | None = None
+        #: The inbound cap on the MQTT stream (TCP and TLS: the pipe's bytes are MQTT), and
+        #: what is called, instead of buffering, with a packet's size when one is over it.
+        self.guard: SizeGuard | None = None
+        self.on_oversize: Callable[[int], None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -58,6 +112,12 @@ class _Pipe(asyncio.Protocol):
         self.transport = stream_transport(transport)
 
     def data_received(self, data: bytes) -> None:
+        guard = self.guard
+        if guard is not None:
+            over = guard.feed(data)
+            if over is not None:
+                self.refuse_oversize(over)
+                return
         if self._pos >= len(self._rx):
             self._rx = bytearray(data)
             self._pos = 0
@@ -142,6 +202,20 @@ class _Pipe(asyncio.Protocol):
 
     # -- ours ------------------------------------------------------------------------------
 
+    def refuse_oversize(self, size: int) -> None:
+        """A packet over the inbound cap (``size`` bytes; -1: a malformed length): nothing
+        more is read or buffered, the link is told (it reports and closes the link), and the
+        connection is aborted."""
+        self.guard = None
+        self.eof = True
+        self._rx = bytearray()
+        self._pos = 0
+        callback = self.on_oversize
+        if callback is not None:
+            callback(size)
+        if self.transport is not None:
+            self.transport.abort()
+
     @property
     def buffered(self) -> int:
         """Bytes received and not yet handed to paho."""
@@ -198,10 +272,27 @@ def _wake_when_closed(waiter: asyncio.Future[None], closed: asyncio.Future[objec
 
 
 class _WsSocket(_WebsocketWrapper):
-    """paho's WebSocket framing over our pipe; the handshake was done asynchronously before."""
+    """paho's WebSocket framing over our pipe; the handshake was done asynchronously before.
+    The inbound cap follows the MQTT stream here, after de-framing: paho reads a packet's
+    fixed header before it asks for (and the framing buffers) its body."""
+
+    aiobus_guard: SizeGuard | None = None
+    aiobus_pipe: _Pipe | None = None
 
     def _do_handshake(self, extra_headers: Any) -> None:
         self.connected = True
+
+    def recv(self, length: int) -> bytes:
+        data: bytes = super().recv(length)
+        guard = self.aiobus_guard
+        if guard is not None and data:
+            over = guard.feed(data)
+            if over is not None:
+                self.aiobus_guard = None
+                if self.aiobus_pipe is not None:
+                    self.aiobus_pipe.refuse_oversize(over)
+                return b""  # paho: the connection is gone
+        return data
 
 
 async def websocket_handshake(pipe: _Pipe, host: str, port: int, path: str, tls: bool) -> None:
@@ -236,10 +327,16 @@ async def websocket_handshake(pipe: _Pipe, host: str, port: int, path: str, tls:
         raise ProtocolMismatch("WebSocket handshake: wrong Sec-WebSocket-Accept")
 
 
-def websocket_over(pipe: _Pipe, host: str, port: int, path: str) -> Any:
-    """paho's frame codec on top of the pipe (TLS, if any, is below the pipe, in asyncio)."""
+def websocket_over(
+    pipe: _Pipe, host: str, port: int, path: str, guard: SizeGuard | None = None
+) -> Any:
+    """paho's frame codec on top of the pipe (TLS, if any, is below the pipe, in asyncio);
+    ``guard`` caps the MQTT packets that come out of it."""
     sock: Any = pipe
-    return _WsSocket(sock, host, port, False, path, None)
+    ws = _WsSocket(sock, host, port, False, path, None)
+    ws.aiobus_guard = guard
+    ws.aiobus_pipe = pipe
+    return ws
 
 
 class PahoClient(Client):
@@ -257,6 +354,10 @@ class PahoClient(Client):
       forever). Here the message stays in ``_in_messages`` and goes to the link
       (``aiobus_released``), which sends PUBCOMP once it is in the subscriptions' buffers; a
       PUBREL for an unknown id (completed before) is answered with PUBCOMP at once.
+    * ``_mid_generate``: SUBSCRIBE and UNSUBSCRIBE (``_send_subscribe``/``_send_unsubscribe``)
+      take their packet ids from the link's allocator, the one publishes use, so no id held
+      by any packet in flight is reused [MQTT-2.2.1-3] (paho's own counter knows nothing of
+      aiobus's publishes).
     """
 
     aiobus_sock: Any = None
@@ -297,6 +398,10 @@ class PahoClient(Client):
         self.aiobus_released(msg)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def _mid_generate(self) -> int:
+        mid: int = self.aiobus_link.next_packet_id()
+        return mid
+
     def read_packet(self) -> MQTTErrorCode:
         """Parse one packet from what the pipe holds; MQTT_ERR_AGAIN once it is drained."""
         rc: MQTTErrorCode = self._packet_read()
@@ -304,3 +409,43 @@ class PahoClient(Client):
 
 
 AGAIN = _AGAIN
+
+#: paho-mqtt's private methods aiobus overrides or calls (docs/mqtt.md says why, each).
+PAHO_PRIVATE = (
+    "_create_socket",
+    "_handle_pubackcomp",
+    "_handle_pubrec",
+    "_handle_pubrel",
+    "_mid_generate",
+    "_packet_read",
+    "_send_publish",
+    "_send_pubrel",
+    "_send_pubcomp",
+    "_send_pingreq",
+    "_send_subscribe",
+    "_send_unsubscribe",
+)
+
+
+def check_paho(client: type[Any] = Client) -> None:
+    """At import: the installed paho-mqtt has every private method aiobus relies on, and its
+    SUBSCRIBE/UNSUBSCRIBE take their packet id from ``_mid_generate`` (the hook that puts
+    them in aiobus's one packet-id space). Otherwise an ``ImportError`` naming what is
+    missing, instead of packet ids reused or a failure deep in a link."""
+    missing = [name for name in PAHO_PRIVATE if not callable(getattr(client, name, None))]
+    for sender in ("_send_subscribe", "_send_unsubscribe"):
+        method = getattr(client, sender, None)
+        code = getattr(method, "__code__", None)
+        if code is not None and "_mid_generate" not in code.co_names:
+            missing.append(f"{sender} calling _mid_generate")
+    if missing:
+        from importlib.metadata import version
+
+        raise ImportError(
+            f"aiobus's MQTT adapter needs paho-mqtt 2.x with Client.{', Client.'.join(missing)}; "
+            f"the installed paho-mqtt {version('paho-mqtt')} does not have them "
+            "(install paho-mqtt>=2,<3)"
+        )
+
+
+check_paho()

@@ -22,10 +22,11 @@ import pytest
 
 import aiobus
 from aiobus.publishing import Outgoing
-from aiobus.transports.mqtt_session import packet_size, publish_properties, sessions
+from aiobus.transports.mqtt_session import packet_size, publish_properties
 from tests.conformance.test_poison_publish import link_losses
 from tests.harness.mosquitto import MosquittoBroker
 from tests.helpers import unique
+from tests.integration.mqtt_support import session_of
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.2}
 MAX_PACKET = 512
@@ -84,7 +85,7 @@ async def test_refusal_by_size_fails_alone_and_the_limit_is_learned(
         # reaches the broker and is refused on the wire (DISCONNECT 0x95, or a reset that
         # destroyed it: which one is up to the two kernels). Either way the next link's
         # CONNACK states the limit again and the poison fails against it, alone.
-        sessions[id(bus.settings)].max_packet = None
+        session_of(bus).max_packet = None
         async with bus.subscribe(topic, qos=1) as sub, link_losses(bus) as lost:
             before = [bus.publish(topic, f"b{i}", qos=1) for i in range(20)]
             poison = bus.publish(topic, b"x" * 600, qos=1)
