@@ -1,7 +1,7 @@
 """An inbound PUBLISH whose topic is not UTF-8 (a scripted broker sends one: a conforming
 broker must not forward one [MQTT-1.5.4-1], so none does on demand): reported in
-``events()`` as ``delivery_undecodable`` with the reason, acknowledged (QoS 1) so the broker's
-window does not shrink, and the messages behind it are delivered."""
+``events()`` as ``delivery_undecodable`` with the reason, acknowledged (QoS 1) or completed
+(QoS 2) so the broker's window does not shrink, and the messages behind it are delivered."""
 
 from __future__ import annotations
 
@@ -15,9 +15,13 @@ from tests.integration.mqtt_peer import (
     DISCONNECT,
     PINGREQ,
     PUBACK,
+    PUBCOMP,
+    PUBREC,
+    PUBREL,
     SUBSCRIBE,
     UNSUBSCRIBE,
     ScriptedPeer,
+    ack,
     connack,
     packet_id,
     raw_publish,
@@ -28,8 +32,9 @@ from tests.integration.mqtt_peer import (
 BAD_TOPIC = b"bad/\xff\xfe"
 
 
+@pytest.mark.parametrize("qos", [1, 2], ids=["qos1", "qos2"])
 @pytest.mark.parametrize("protocol", [4, 5], ids=["mqtt311", "mqtt5"])
-async def test_a_topic_that_is_not_utf8_is_reported_and_acked(protocol: int) -> None:
+async def test_a_topic_that_is_not_utf8_is_reported_and_acked(protocol: int, qos: int) -> None:
     v5 = protocol == 5
     pubacks: list[int] = []
     acked = asyncio.Event()
@@ -45,11 +50,13 @@ async def test_a_topic_that_is_not_utf8_is_reported_and_acked(protocol: int) -> 
             kind = first >> 4
             if kind == SUBSCRIBE:
                 w.write(suback(body, v5=v5))
-                w.write(raw_publish(BAD_TOPIC, b"poison", qos=1, mid=7, v5=v5))
+                w.write(raw_publish(BAD_TOPIC, b"poison", qos=qos, mid=7, v5=v5))
                 w.write(raw_publish(b"bad/ok", b"fine", qos=1, mid=8, v5=v5))
             elif kind == UNSUBSCRIBE:
                 w.write(unsuback(body, v5=v5))
-            elif kind == PUBACK:
+            elif kind == PUBREC:  # QoS 2: release it, then PUBCOMP completes it
+                w.write(ack(PUBREL, packet_id(body)))
+            elif kind in (PUBACK, PUBCOMP):
                 pubacks.append(packet_id(body))
                 if 7 in pubacks:
                     acked.set()
@@ -70,6 +77,6 @@ async def test_a_topic_that_is_not_utf8_is_reported_and_acked(protocol: int) -> 
                             break
                     await acked.wait()
     assert "not UTF-8" in event.reason and repr(BAD_TOPIC) in event.reason
-    assert "acknowledged" in event.reason
+    assert ("acknowledged" if qos == 1 else "completed") in event.reason
     assert isinstance(event.error, aiobus.InvalidMessage)
     assert sorted(pubacks) == [7, 8]
