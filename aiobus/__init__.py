@@ -30,6 +30,7 @@ from .errors import (
     StaleDelivery,
     SubscriptionError,
     SubscriptionNotEntered,
+    TopologyMismatch,
     TransientConnectError,
     Unroutable,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "Subscription",
     "SubscriptionError",
     "SubscriptionNotEntered",
+    "TopologyMismatch",
     "TransientConnectError",
     "Unroutable",
     "connect",

@@ -24,6 +24,34 @@ class InvalidTopic(ConfigError):
     """A topic, filter, routing key or address breaks its protocol's rules."""
 
 
+class TopologyMismatch(ConfigError):
+    """A declaration clashes with what the broker already has (AMQP 0-9-1: the broker answered
+    ``PRECONDITION_FAILED``), from ``topology=``, ``declare()`` or ``subscribe(queue=...)``.
+
+    Where the broker names the clash: ``queue`` (or ``exchange``) is the entity's name,
+    ``argument`` the flag or argument that differs (``"durable"``, ``"x-message-ttl"``...),
+    ``expected`` the value this client declared and ``actual`` the broker's, both as the
+    broker prints them (``None`` where one side has no value). Each is ``None`` when unknown.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        queue: str | None = None,
+        exchange: str | None = None,
+        argument: str | None = None,
+        expected: str | None = None,
+        actual: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.queue = queue
+        self.exchange = exchange
+        self.argument = argument
+        self.expected = expected
+        self.actual = actual
+
+
 class NotSupported(AiobusError):
     """The protocol has no way to do what was asked (e.g. ``nack`` on MQTT)."""
 

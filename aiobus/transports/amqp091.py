@@ -53,6 +53,7 @@ from ..errors import (
     PermanentConnectError,
     ProtocolMismatch,
     SubscriptionError,
+    TopologyMismatch,
     TransientConnectError,
     Unroutable,
     unsendable,
@@ -84,8 +85,7 @@ def _options(settings: Settings) -> AmqpOptions:
     return options_as(settings.options, AmqpOptions)
 
 
-class TopologyMismatch(ConfigError):
-    """A declaration clashes with what the broker already has (PRECONDITION_FAILED)."""
+__all__ = ["Amqp091Link", "TopologyMismatch"]  # TopologyMismatch: importable here as before
 
 
 def _heartbeat_to_negotiate(heartbeat: float) -> int:
@@ -749,10 +749,10 @@ class Amqp091Link(Link):
             if isinstance(item, Queue) and self.opts.on_mismatch == "recreate":
                 await self._recreate(item)
                 return
-            raise TopologyMismatch(
-                f"declaring {type(item).__name__.lower()} {item_name(item)!r} clashes with the "
-                f"broker's: {_reply_text(exc)} (on_mismatch='recreate' deletes and re-declares "
-                "a queue)"
+            raise topology_mismatch(
+                exc,
+                f"declaring {type(item).__name__.lower()} {item_name(item)!r}",
+                "on_mismatch='recreate' deletes and re-declares a queue",
             ) from None
         except amqp_errors.ChannelNotFoundEntity as exc:
             self._control = None
@@ -807,6 +807,15 @@ class Amqp091Link(Link):
         except amqp_errors.ChannelClosed as exc:
             with contextlib.suppress(Exception):
                 await channel.close()
+            if isinstance(exc, amqp_errors.ChannelPreconditionFailed) and _INEQUIVALENT.search(
+                _reply_text(exc)
+            ):
+                raise topology_mismatch(
+                    exc,
+                    f"subscribing to {spec_.pattern!r} on queue {spec_.queue!r}",
+                    "declare the queue as the broker has it: a Queue(...) in topology= with "
+                    "its flags and arguments",
+                ) from None
             raise SubscriptionError(
                 f"subscribing to {spec_.pattern!r} (queue {spec_.queue!r}) failed: "
                 f"{_reply_text(exc)}"
@@ -834,6 +843,43 @@ def item_name(item: Exchange | Queue | Binding) -> str:
     if isinstance(item, Binding):
         return f"{item.queue} <- {item.exchange} [{item.routing_key}]"
     return item.name
+
+
+#: RabbitMQ's text for a declaration that differs from the entity it has.
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<argument>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)' "
+    r"in vhost '[^']*': received (?P<expected>.+?) but current is (?P<actual>.+?)\s*$"
+)
+_VALUE = re.compile(r"^(?:the value )?'(?P<value>[^']*)'")
+
+
+def _printed_value(text: str) -> str | None:
+    """One side of RabbitMQ's clash text: ``none``, ``'x'`` or ``the value 'x' of type 't'``."""
+    found = _VALUE.match(text)
+    return found.group("value") if found else None
+
+
+def topology_mismatch(exc: BaseException, what: str, fix: str) -> TopologyMismatch:
+    """``TopologyMismatch`` for a declaration the broker refused with PRECONDITION_FAILED:
+    what differs, taken from the broker's text where it names it, and what to change."""
+    text = _reply_text(exc)
+    found = _INEQUIVALENT.search(text)
+    if found is None:
+        return TopologyMismatch(f"{what} clashes with the broker's: {text} ({fix})")
+    name, argument = found.group("name"), found.group("argument")
+    expected = _printed_value(found.group("expected"))
+    actual = _printed_value(found.group("actual"))
+    kind = found.group("kind")
+    return TopologyMismatch(
+        f"{what} clashes with the broker's {kind} {name!r}: {argument} is "
+        f"{'unset' if actual is None else repr(actual)} there, declared here as "
+        f"{'unset' if expected is None else repr(expected)} ({text}); {fix}",
+        queue=name if kind == "queue" else None,
+        exchange=name if kind == "exchange" else None,
+        argument=argument,
+        expected=expected,
+        actual=actual,
+    )
 
 
 def _reply_text(exc: BaseException) -> str:

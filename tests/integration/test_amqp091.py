@@ -226,16 +226,64 @@ async def test_fanout_broadcast_reaches_every_subscriber(rabbitmq: Any) -> None:
 
 
 async def test_topology_mismatch_names_the_queue_and_argument(rabbitmq: Any) -> None:
+    assert TopologyMismatch is aiobus.TopologyMismatch  # still importable where it was
     q = unique("mm")
     async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[Queue(q, message_ttl=1)]):
         pass
-    with pytest.raises(TopologyMismatch, match=rf"queue '{q}'.*x-message-ttl"):
+    with pytest.raises(aiobus.TopologyMismatch, match=rf"queue '{q}'.*x-message-ttl") as err:
         async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[Queue(q, message_ttl=2)]):
             pass
+    clash = err.value
+    assert (clash.queue, clash.exchange, clash.argument) == (q, None, "x-message-ttl")
+    assert (clash.expected, clash.actual) == ("2000", "1000")
     async with aiobus.amqp.connect(
         rabbitmq.amqp_url, topology=[Queue(q, message_ttl=2)], on_mismatch="recreate"
     ) as bus:
         await bus.publish(q, b"x", exchange="")
+
+
+async def test_an_exchange_clash_names_the_exchange_and_what_differs(rabbitmq: Any) -> None:
+    name = unique("xmm")
+    async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[Exchange(name, type="fanout")]):
+        pass
+    with pytest.raises(aiobus.TopologyMismatch, match=rf"exchange '{name}'") as err:
+        async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[Exchange(name)]):
+            pass
+    clash = err.value
+    assert (clash.queue, clash.exchange, clash.argument) == (None, name, "type")
+    assert (clash.expected, clash.actual) == ("topic", "fanout")
+
+
+@pytest.mark.parametrize(
+    ("durable", "arguments", "argument", "expected", "actual"),
+    [
+        (True, {"x-queue-type": "quorum"}, "x-queue-type", "classic", "quorum"),
+        (True, {"x-message-ttl": 1000}, "x-message-ttl", None, "1000"),
+        (False, {}, "durable", "true", "false"),
+    ],
+    ids=["quorum", "argument", "durable"],
+)
+async def test_subscribe_to_a_queue_that_clashes_raises_topology_mismatch(
+    rabbitmq: Any,
+    durable: bool,
+    arguments: dict[str, Any],
+    argument: str,
+    expected: str | None,
+    actual: str,
+) -> None:
+    q = unique("smm")
+    async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+        channel = await admin.channel()
+        await channel.declare_queue(q, durable=durable, arguments=arguments)
+    async with aiobus.connect(rabbitmq.amqp_url) as bus:
+        with pytest.raises(aiobus.TopologyMismatch, match=rf"queue '{q}'") as err:
+            async with bus.subscribe(unique("t"), queue=q):
+                pass
+        clash = err.value
+        assert (clash.queue, clash.argument) == (q, argument)
+        assert (clash.expected, clash.actual) == (expected, actual)
+        assert bus.is_connected
+        await bus.publish(q, b"the connection goes on", exchange="", mandatory=False)
 
 
 async def test_topology_and_subscriptions_come_back_after_the_broker_drops_us(
