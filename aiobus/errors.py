@@ -156,14 +156,26 @@ class InvalidMessage(PublishError, ValueError):
 
 
 class MessageTooLarge(InvalidMessage):
-    """The encoded message is over the broker's maximum size (``size`` and ``limit`` in
-    bytes). A limit learned from a broker's refusal is checked at ``publish()`` from then on
+    """The encoded message is over a maximum size (``size`` and ``limit`` in bytes).
+
+    ``option`` names the aiobus option that set the limit (``"max_message_size"``), or is
+    ``None`` where the broker stated the limit (MQTT 5 CONNACK Maximum Packet Size, a size
+    refusal). A limit learned from a broker's refusal is checked at ``publish()`` from then on
     for that connection."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message of {size} bytes is over the broker's maximum of {limit} bytes")
+    def __init__(self, size: int, limit: int, *, option: str | None = None) -> None:
+        if option is None:
+            text = f"message of {size} bytes is over the broker's maximum of {limit} bytes"
+        else:
+            text = (
+                f"message of {size} bytes is over {limit} bytes, this connection's "
+                f"{option} option (an aiobus limit, not the broker's): pass a larger "
+                f"{option}= to connect() if the broker accepts larger messages"
+            )
+        super().__init__(text)
         self.size = size
         self.limit = limit
+        self.option = option
 
 
 class PublishTimeout(PublishError, TimeoutError):

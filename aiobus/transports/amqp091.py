@@ -386,7 +386,7 @@ class Amqp091Link(Link):
         if msg.exchange is not None and not isinstance(msg.exchange, str):
             raise ConfigError(f"exchange must be a str, got {type(msg.exchange).__name__}")
         if len(msg.body) > opts.max_message_size:
-            raise MessageTooLarge(len(msg.body), opts.max_message_size)
+            raise MessageTooLarge(len(msg.body), opts.max_message_size, option="max_message_size")
         check_short_strings(msg)
         if msg.headers:
             check_headers(msg.headers)

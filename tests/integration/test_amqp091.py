@@ -314,9 +314,14 @@ async def test_topology_and_subscriptions_come_back_after_the_broker_drops_us(
 
 async def test_over_the_maximum_size_raises_at_the_call(rabbitmq: Any) -> None:
     async with aiobus.connect(rabbitmq.amqp_url) as bus:
-        with pytest.raises(aiobus.MessageTooLarge, match="16777216"):
+        with pytest.raises(aiobus.MessageTooLarge, match="16777216") as err:
             bus.publish("k", b"x" * (16 * 1024 * 1024 + 1))
         assert bus.pending == 0
+    # The limit is aiobus's own option, and the error says so (and what to change).
+    assert err.value.option == "max_message_size"
+    assert "max_message_size option" in str(err.value)
+    assert "max_message_size= to connect()" in str(err.value)
+    assert "broker's maximum" not in str(err.value)
 
 
 async def test_wrong_password_is_permanent(rabbitmq: Any) -> None:
