@@ -393,8 +393,13 @@ class Amqp091Link(Link):
 
     @classmethod
     def check_subscribe(cls, settings: Settings, spec_: SubscriptionSpec) -> None:
-        if spec_.extra:
-            raise ConfigError(f"unknown subscribe options for amqp://: {sorted(spec_.extra)}")
+        unknown = set(spec_.extra) - _SUBSCRIBE_OPTIONS
+        if unknown:
+            raise ConfigError(
+                f"unknown subscribe options for amqp://: {sorted(unknown)} (AMQP 0-9-1 also "
+                f"takes {', '.join(sorted(_SUBSCRIBE_OPTIONS))})"
+            )
+        check_passive(spec_)
         if spec_.qos is not None:
             raise ConfigError("qos is an MQTT option; AMQP 0-9-1 subscriptions ack manually")
         if spec_.pattern:
@@ -793,6 +798,9 @@ class Amqp091Link(Link):
             if spec_.queue is None:
                 declared = await raw.queue_declare("", exclusive=True, auto_delete=True)
                 queue = declared.queue or ""
+            elif not spec_.extra.get("declare", True):
+                queue = spec_.queue  # as it is: only asked whether it exists
+                await raw.queue_declare(queue, passive=True)
             else:
                 queue = spec_.queue
                 if queue not in self._declared_queues:
@@ -813,8 +821,18 @@ class Amqp091Link(Link):
                 raise topology_mismatch(
                     exc,
                     f"subscribing to {spec_.pattern!r} on queue {spec_.queue!r}",
-                    "declare the queue as the broker has it: a Queue(...) in topology= with "
-                    "its flags and arguments",
+                    "declare the queue as the broker has it (a Queue(...) in topology= with "
+                    "its flags and arguments), or consume it as it is with "
+                    "subscribe('', queue=..., declare=False)",
+                ) from None
+            if isinstance(exc, amqp_errors.ChannelNotFoundEntity) and not spec_.extra.get(
+                "declare", True
+            ):
+                raise SubscriptionError(
+                    f"queue {spec_.queue!r} does not exist: subscribe(..., declare=False) "
+                    "consumes an existing queue and declares nothing (declare it with "
+                    f"Queue({spec_.queue!r}, ...) in topology=, or leave out declare=False): "
+                    f"{_reply_text(exc)}"
                 ) from None
             raise SubscriptionError(
                 f"subscribing to {spec_.pattern!r} (queue {spec_.queue!r}) failed: "
@@ -833,6 +851,32 @@ class Amqp091Link(Link):
         # The broker ended the consumer (queue deleted, basic.cancel, channel error): start
         # over, so the subscription is re-attached (and re-declared) on a fresh link.
         self.hooks.lost(LinkDown(f"consumer on {consumer.queue!r} ended by the broker: {exc}"))
+
+
+#: Subscribe options of AMQP 0-9-1 beyond the common ones.
+_SUBSCRIBE_OPTIONS = frozenset({"declare"})
+
+
+def check_passive(spec_: SubscriptionSpec) -> None:
+    """``declare=False``: consume a queue as it is (another application's, a quorum or stream
+    queue), declaring and binding nothing, so nothing the subscription asks can clash."""
+    declare = spec_.extra.get("declare", True)
+    if not isinstance(declare, bool):
+        raise ConfigError(f"declare must be True or False, got {declare!r}")
+    if declare:
+        return
+    if spec_.queue is None:
+        raise ConfigError("declare=False consumes an existing queue: name it with queue=")
+    if spec_.pattern or spec_.exchange is not None:
+        raise ConfigError(
+            "declare=False binds nothing: pass '' as the pattern and no exchange=, and declare "
+            "the bindings you need as Binding(...) in topology= (or leave out declare=False)"
+        )
+    if spec_.durable is not None or spec_.exclusive is not None:
+        raise ConfigError(
+            "durable= and exclusive= describe a queue to declare; declare=False takes the "
+            "queue as it is"
+        )
 
 
 def _declare_order(item: Any) -> int:

@@ -279,6 +279,7 @@ async def test_subscribe_to_a_queue_that_clashes_raises_topology_mismatch(
         with pytest.raises(aiobus.TopologyMismatch, match=rf"queue '{q}'") as err:
             async with bus.subscribe(unique("t"), queue=q):
                 pass
+        assert "declare=False" in str(err.value)  # what to change
         clash = err.value
         assert (clash.queue, clash.argument) == (q, argument)
         assert (clash.expected, clash.actual) == (expected, actual)
@@ -422,3 +423,105 @@ async def test_the_public_basic_publish_path_keeps_the_same_outcomes(
             *(bus.publish(unique("k"), b"x", mandatory=False) for _ in range(200))
         )
         assert len(confirms) == 200
+
+
+@pytest.mark.parametrize(
+    ("durable", "arguments"),
+    [
+        (False, {"x-message-ttl": 60_000, "x-max-length": 1000}),
+        (True, {"x-queue-type": "quorum"}),
+        (True, {"x-queue-type": "stream"}),
+    ],
+    ids=["classic-with-arguments", "quorum", "stream"],
+)
+async def test_declare_false_consumes_a_queue_as_it_is(
+    rabbitmq: Any, durable: bool, arguments: dict[str, Any]
+) -> None:
+    q = unique("asis")
+    async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+        channel = await admin.channel()
+        await channel.declare_queue(q, durable=durable, arguments=arguments)
+    try:
+        async with aiobus.connect(rabbitmq.amqp_url) as bus:
+            async with bus.subscribe("", queue=q, declare=False, prefetch=10) as sub:
+                await asyncio.gather(*(bus.publish(q, f"m{i}", exchange="") for i in range(3)))
+                for i in range(3):
+                    msg = await sub.get(timeout=10)
+                    assert msg.text() == f"m{i}"
+                    await msg.ack()
+            assert bus.is_connected
+        async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+            channel = await admin.channel()
+            # Still as the other application declared it: the same declaration is no clash.
+            await channel.declare_queue(q, durable=durable, arguments=arguments)
+    finally:
+        async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+            channel = await admin.channel()
+            await channel.queue_delete(q)
+
+
+async def test_declare_false_on_a_missing_queue_is_a_subscription_error_naming_it(
+    rabbitmq: Any,
+) -> None:
+    q = unique("missing")
+    async with aiobus.connect(rabbitmq.amqp_url) as bus, bus.events() as events:
+        with pytest.raises(aiobus.SubscriptionError, match=rf"queue '{q}' does not exist"):
+            async with bus.subscribe("", queue=q, declare=False):
+                pass
+        assert bus.is_connected
+        await bus.publish(unique("k"), b"the connection goes on", mandatory=False)
+        async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+            channel = await admin.channel()
+            with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+                await channel.declare_queue(q, passive=True)  # nothing was declared
+    kinds = [e.kind async for e in events]
+    assert "link_lost" not in kinds and "subscription_reattached" not in kinds
+
+
+def test_declare_false_options_are_checked_at_the_call() -> None:
+    bus = aiobus.connect("amqp://guest:guest@127.0.0.1:1/")
+    with pytest.raises(aiobus.ConfigError, match="name it with queue="):
+        bus.subscribe("", declare=False)
+    with pytest.raises(aiobus.ConfigError, match="binds nothing"):
+        bus.subscribe("a.b", queue="q", declare=False)
+    with pytest.raises(aiobus.ConfigError, match="binds nothing"):
+        bus.subscribe("", queue="q", exchange="x", declare=False)
+    with pytest.raises(aiobus.ConfigError, match="as it is"):
+        bus.subscribe("", queue="q", durable=True, declare=False)
+    with pytest.raises(aiobus.ConfigError, match="declare must be True or False"):
+        bus.subscribe("", queue="q", declare="no")
+    with pytest.raises(aiobus.ConfigError, match="unknown subscribe options"):
+        bus.subscribe("", queue="q", decalre=False)
+
+
+async def test_declare_false_queue_deleted_under_it_fails_that_subscription_alone(
+    rabbitmq: Any,
+) -> None:
+    q, other = unique("gone"), unique("stays")
+    async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+        channel = await admin.channel()
+        await channel.declare_queue(q)
+    async with (
+        aiobus.connect(rabbitmq.amqp_url, backoff_initial=0.01) as bus,
+        bus.subscribe("", queue=q, declare=False) as passive,
+        bus.subscribe("", queue=other) as stays,
+        bus.events() as events,
+    ):
+        async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+            channel = await admin.channel()
+            await channel.queue_delete(q)
+        with pytest.raises(aiobus.SubscriptionError, match=rf"queue '{q}' does not exist"):
+            await passive.get(timeout=10)
+        failed = [e async for e in _until_kind(events, "subscription_failed")]
+        assert q in (failed[-1].reason or "")
+        await bus.publish(other, b"still here", exchange="")
+        assert (await stays.get(timeout=10)).body == b"still here"
+        assert bus.is_connected
+
+
+async def _until_kind(events: Any, kind: str) -> Any:
+    async with asyncio.timeout(10):
+        async for event in events:
+            yield event
+            if event.kind == kind:
+                return
