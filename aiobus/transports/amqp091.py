@@ -62,6 +62,7 @@ from ..message import Delivery
 from ..settings import AmqpOptions, options_as
 from ..tls import client_context
 from ..topics import validate_binding_pattern, validate_routing_key
+from .amqp091_aiormq import Returns, publishing
 from .base import (
     CancelReason,
     Capabilities,
@@ -94,22 +95,6 @@ def _heartbeat_to_negotiate(heartbeat: float) -> int:
     if heartbeat <= 0:
         return 0
     return max(1, round(heartbeat * 2 / 3))
-
-
-def _has_frame_api(channel: Any) -> bool:
-    """The aiormq internals the fast publish path relies on (checked, not assumed)."""
-    return all(
-        hasattr(channel, name)
-        for name in (
-            "delivery_tag",
-            "confirmations",
-            "message_id_delivery_tag",
-            "write_queue",
-            "number",
-            "_split_body",
-            "create_future",
-        )
-    )
 
 
 def map_connect_error(
@@ -364,6 +349,7 @@ class Amqp091Link(Link):
         self._consumers: list[Amqp091Consumer] = []
         self._publishing: set[asyncio.Task[None]] = set()
         self._fast = False
+        self._returns = Returns(self.opts.exchange)
         self._stream = StreamKeeper(settings.tls)
         self._stamp = datetime.now(UTC)
         self._stamp_until = 0.0
@@ -445,7 +431,8 @@ class Amqp091Link(Link):
             )
             self._publish_channel.close_callbacks.add(self._on_publish_channel_closed)
             self._raw_publish = await self._publish_channel.get_underlay_channel()
-            self._fast = self.fast_publish and _has_frame_api(self._raw_publish)
+            self._returns.install(self._raw_publish)
+            self._fast = self.fast_publish
         except asyncio.CancelledError as exc:
             note_step(exc, ConnectPhase.HEADER, str(self.endpoint))
             await self.close()
@@ -545,11 +532,38 @@ class Amqp091Link(Link):
         unknown -= known
         for name in unknown:
             await self._check_exchange(name)
-        channel = self._raw_publish
+        channel: Any = self._raw_publish
         assert channel is not None
         if channel.is_closed:
             raise LinkDown("the publish channel is closed")
-        fast = self._fast
+        if not self._fast:
+            self._publish_tasks(channel, batch)
+            return
+        queue: asyncio.Queue[ChannelFrame] = channel.write_queue
+        # aiormq's channel lock, once per batch, as its basic_publish takes it once per
+        # message: no other publish interleaves its tags, and a closed channel is refused.
+        async with channel.lock:
+            for msg in batch:
+                exchange = msg.exchange if msg.exchange is not None else default_exchange
+                if exchange not in known:
+                    self.hooks.failed(
+                        msg, Unroutable(f"exchange {exchange!r} does not exist", code=404)
+                    )
+                    continue
+                wire, msg.wire = msg.wire, None  # written once; a re-send encodes again
+                if queue.full():
+                    await queue.put(wire)  # aiormq's writer is behind: wait, as TCP would
+                else:
+                    queue.put_nowait(wire)
+                # Queued, with no await since: the tag is the frame's, and nothing is taken
+                # back if a wait above is cancelled (aiormq's rollback has nothing to undo).
+                self._track(channel, msg)
+
+    def _publish_tasks(
+        self, channel: aiormq.abc.AbstractChannel, batch: Sequence[Outgoing]
+    ) -> None:
+        default_exchange = self.opts.exchange
+        known = self._known_exchanges
         loop = self._loop
         for msg in batch:
             exchange = msg.exchange if msg.exchange is not None else default_exchange
@@ -559,23 +573,16 @@ class Amqp091Link(Link):
                 )
                 continue
             wire, msg.wire = msg.wire, None  # written once; a re-send encodes again
-            if fast:
-                self._track(channel, msg)
-                queue: asyncio.Queue[ChannelFrame] = channel.write_queue  # type: ignore[attr-defined]
-                if queue.full():
-                    await queue.put(wire)  # aiormq's writer is behind: wait, as TCP would
-                else:
-                    queue.put_nowait(wire)
-            else:
-                properties, mandatory = wire
-                task = loop.create_task(
-                    self._publish_one(channel, msg, exchange, properties, mandatory)
-                )
-                self._publishing.add(task)
-                task.add_done_callback(self._publishing.discard)
+            properties, mandatory = wire
+            task = loop.create_task(
+                self._publish_one(channel, msg, exchange, properties, mandatory)
+            )
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
 
-    #: Write frames straight into aiormq's channel (its own confirm bookkeeping, no task and
-    #: no lock per message); False uses ``basic_publish`` tasks, aiormq's public path.
+    #: Write frames straight into aiormq's channel under its lock, one lock per batch (its
+    #: own confirm bookkeeping, no task per message); False uses ``basic_publish`` tasks,
+    #: aiormq's public path. Both match returns through ``Returns``.
     fast_publish: ClassVar[bool] = True
 
     def _properties(self, msg: Outgoing, timestamp: datetime) -> spec.Basic.Properties:
@@ -602,22 +609,17 @@ class Amqp091Link(Link):
         return self._stamp
 
     def _track(self, channel: Any, msg: Outgoing) -> None:
-        """The bookkeeping of aiormq's ``basic_publish``, minus its per-call task, lock and
-        timeout, for a frame written next. Only the pump publishes on this channel, one batch
-        at a time, so delivery tags follow the order the frames are queued in."""
+        """The bookkeeping of aiormq's ``basic_publish`` (under its lock, held by the
+        caller), minus its per-call task and timeout, for the frame just queued."""
         channel.delivery_tag += 1
-        tag = channel.delivery_tag
+        tag = msg.tag = channel.delivery_tag
         confirmation = channel.create_future()  # failed by aiormq when the channel closes
         channel.confirmations[tag] = confirmation
-        # aiormq matches a basic.return to its publish by message id.
-        channel.message_id_delivery_tag[msg.message_id] = tag
-        confirmation.add_done_callback(partial(self._confirmed, channel, msg, tag))
+        self._returns.add(msg)
+        confirmation.add_done_callback(partial(self._confirmed, msg, tag))
 
-    def _confirmed(
-        self, channel: Any, msg: Outgoing, tag: int, confirmation: asyncio.Future[Any]
-    ) -> None:
-        if channel.message_id_delivery_tag.get(msg.message_id) == tag:
-            del channel.message_id_delivery_tag[msg.message_id]
+    def _confirmed(self, msg: Outgoing, tag: int, confirmation: asyncio.Future[Any]) -> None:
+        self._returns.remove(msg)
         if confirmation.cancelled():
             self._publish_channel_died(None)
             return
@@ -702,6 +704,7 @@ class Amqp091Link(Link):
         properties: spec.Basic.Properties,
         mandatory: bool,
     ) -> None:
+        publishing.set(msg)  # this task's: ``Returns`` learns its tag from aiormq
         try:
             result = await channel.basic_publish(
                 msg.body,
@@ -719,6 +722,8 @@ class Amqp091Link(Link):
         except Exception as exc:  # every outcome is sorted by _publish_failed, none escapes
             self._publish_failed(msg, exc)
             return
+        finally:
+            self._returns.remove(msg)
         self.hooks.settled(msg, getattr(result, "delivery_tag", None))
 
     # -- topology ---------------------------------------------------------------------------

@@ -13,6 +13,9 @@ from aiobus.amqp import Binding, Exchange, Queue
 from aiobus.transports.amqp091 import TopologyMismatch
 from tests.helpers import other_tasks, through_outage, unique, wait_for_state
 
+# Every test here runs on both publish paths (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("publish_path")
+
 
 async def queue_depth(url: str, queue: str) -> int:
     """Messages ready in ``queue``, asked of the broker with the raw driver."""
@@ -399,32 +402,6 @@ async def test_link_killed_by_the_broker_replays_and_reconnects(rabbitmq: Any) -
     assert not other_tasks()
 
 
-async def test_the_public_basic_publish_path_keeps_the_same_outcomes(
-    rabbitmq: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The fallback (aiormq's basic_publish per message) for an aiormq without the internals
-    the fast path uses."""
-    from aiobus.transports.amqp091 import Amqp091Link
-
-    monkeypatch.setattr(Amqp091Link, "fast_publish", False)
-    q = unique("slow")
-    async with aiobus.amqp.connect(
-        rabbitmq.amqp_url,
-        topology=[
-            Queue(q, max_length=1, overflow="reject-publish"),
-        ],
-    ) as bus:
-        await bus.publish(q, b"1", exchange="")
-        with pytest.raises(aiobus.Nacked):
-            await bus.publish(q, b"2", exchange="")
-        with pytest.raises(aiobus.Unroutable):
-            await bus.publish(unique("nobody"), b"x")
-        confirms = await asyncio.gather(
-            *(bus.publish(unique("k"), b"x", mandatory=False) for _ in range(200))
-        )
-        assert len(confirms) == 200
-
-
 @pytest.mark.parametrize(
     ("durable", "arguments"),
     [
@@ -525,3 +502,31 @@ async def _until_kind(events: Any, kind: str) -> Any:
             yield event
             if event.kind == kind:
                 return
+
+
+async def test_messages_in_flight_with_one_id_each_get_their_own_outcome(rabbitmq: Any) -> None:
+    """basic.return names no delivery tag: a return must find its own message among those in
+    flight, even where they share a message id (users set ids; retry copies reuse them)."""
+    q = unique("dup")
+    async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[Queue(q, durable=False)]) as bus:
+        for round_ in range(10):
+            same = f"same-{round_}"
+            order = [
+                (unique("nobody"), False),
+                (q, True),
+                (unique("nobody"), False),
+                (q, True),
+                (q, True),
+                (unique("nobody"), False),
+            ]
+            if round_ % 2:
+                order.reverse()
+            futures = [bus.publish(key, b"x", exchange="", message_id=same) for key, _ in order]
+            async with asyncio.timeout(10):
+                outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            for (key, routed), outcome in zip(order, outcomes, strict=True):
+                if routed:
+                    assert isinstance(outcome, aiobus.Confirm), (key, outcome)
+                else:
+                    assert isinstance(outcome, aiobus.Unroutable), (key, outcome)
+        assert await queue_depth(rabbitmq.amqp_url, q) == 30

@@ -39,12 +39,6 @@ REFUSED_BY_THE_CODEC = [
 BROKER_LIMIT = 65_536
 
 
-@pytest.fixture(params=[True, False], ids=["fast-path", "slow-path"])
-def publish_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    monkeypatch.setattr(Amqp091Link, "fast_publish", request.param)
-    return bool(request.param)
-
-
 @pytest.fixture(scope="module")
 def small_broker() -> Iterator[RabbitMQNode]:
     """A private node whose ``max_message_size`` is far below aiobus's own limit."""
