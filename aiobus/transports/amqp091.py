@@ -345,6 +345,14 @@ class Amqp091Link(Link):
         self._control: aio_pika.abc.AbstractChannel | None = None
         self._known_exchanges: set[str] = {""}
         self._declared_queues: set[str] = set()
+        #: The topology's queues and their bindings, by queue name: what a re-attach declares
+        #: again when the broker ended a consumer of one of them (the queue was deleted).
+        self._topology_queues: dict[str, Queue] = {}
+        self._topology_bindings: dict[str, list[Binding]] = {}
+        #: Topology queues whose consumer the broker ended on this link: declared again (with
+        #: their bindings) by the next attach on them.
+        self._lost_queues: set[str] = set()
+        self._tidying: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self._consumers: list[Amqp091Consumer] = []
         self._publishing: set[asyncio.Task[None]] = set()
@@ -485,8 +493,8 @@ class Amqp091Link(Link):
         # Outcomes of a closed link no longer count (the core re-sends or fails them).
         for task in list(self._publishing):
             task.cancel()
-        if self._publishing:
-            await asyncio.gather(*self._publishing, return_exceptions=True)
+        if self._publishing or self._tidying:
+            await asyncio.gather(*self._publishing, *self._tidying, return_exceptions=True)
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
@@ -747,6 +755,9 @@ class Amqp091Link(Link):
             elif isinstance(item, Queue):
                 await self._declare_queue(control, item)
             else:
+                bindings = self._topology_bindings.setdefault(item.queue, [])
+                if item not in bindings:
+                    bindings.append(item)
                 raw = await control.get_underlay_channel()
                 await raw.queue_bind(
                     item.queue,
@@ -778,6 +789,7 @@ class Amqp091Link(Link):
             arguments=FieldTable(item.declare_arguments()),
         )
         self._declared_queues.add(item.name)
+        self._topology_queues[item.name] = item
 
     async def _recreate(self, item: Queue) -> None:
         control = await self._control_channel()
@@ -806,6 +818,14 @@ class Amqp091Link(Link):
             elif not spec_.extra.get("declare", True):
                 queue = spec_.queue  # as it is: only asked whether it exists
                 await raw.queue_declare(queue, passive=True)
+            elif spec_.queue in self._lost_queues:
+                queue = spec_.queue
+                self._lost_queues.discard(queue)
+                # Its consumer was ended (the queue deleted): the topology's queue and
+                # bindings come back before it is consumed again.
+                await self.declare(
+                    [self._topology_queues[queue], *self._topology_bindings.get(queue, ())]
+                )
             else:
                 queue = spec_.queue
                 if queue not in self._declared_queues:
@@ -845,7 +865,7 @@ class Amqp091Link(Link):
             ) from None
         channel.close_callbacks.add(lambda _, exc: self._consumer_channel_closed(consumer, exc))
         raw.on_consumer_cancel_callbacks.add(
-            lambda frame: self._consumer_channel_closed(consumer, f"basic.cancel {frame!r}")
+            lambda frame: self._consumer_ended(consumer, "basic.cancel (the queue was deleted?)")
         )
         self._consumers.append(consumer)
         return consumer
@@ -853,9 +873,41 @@ class Amqp091Link(Link):
     def _consumer_channel_closed(self, consumer: Amqp091Consumer, exc: object) -> None:
         if consumer.cancelled:
             return
-        # The broker ended the consumer (queue deleted, basic.cancel, channel error): start
-        # over, so the subscription is re-attached (and re-declared) on a fresh link.
-        self.hooks.lost(LinkDown(f"consumer on {consumer.queue!r} ended by the broker: {exc}"))
+        connection = self.connection
+        if (
+            isinstance(exc, amqp_errors.ChannelClosed)
+            and connection is not None
+            and not connection.is_closed
+        ):
+            # The broker closed this consumer's channel alone (consumer_timeout, a queue
+            # error): this subscription's business, not the connection's.
+            self._consumer_ended(consumer, f"the broker closed its channel: {_reply_text(exc)}")
+            return
+        self.hooks.lost(LinkDown(f"consumer on {consumer.queue!r} ended: {exc}"))
+
+    def _consumer_ended(self, consumer: Amqp091Consumer, why: str) -> None:
+        """The broker ended one consumer while the connection lives: its deliveries are
+        stale (the broker has them back), its channel is closed, and the core re-attaches
+        that subscription (declaring its queue again) or fails it loudly. Publishes in
+        flight and other subscriptions are untouched."""
+        if consumer.cancelled:
+            return
+        consumer.cancelled = True
+        queue = consumer.queue
+        if queue in self._topology_queues:
+            self._lost_queues.add(queue)
+        task = self._loop.create_task(self._close_quietly(consumer.channel))
+        self._tidying.add(task)
+        task.add_done_callback(self._tidying.discard)
+        self.hooks.consumer_lost(
+            consumer.sink,
+            SubscriptionError(f"the broker ended the consumer of queue {queue!r}: {why}"),
+        )
+
+    @staticmethod
+    async def _close_quietly(channel: aio_pika.abc.AbstractChannel) -> None:
+        with contextlib.suppress(Exception):
+            await channel.close()
 
 
 #: Subscribe options of AMQP 0-9-1 beyond the common ones.

@@ -11,7 +11,7 @@ import pytest
 import aiobus
 from aiobus.amqp import Binding, Exchange, Queue
 from aiobus.transports.amqp091 import TopologyMismatch
-from tests.helpers import other_tasks, through_outage, unique, wait_for_state
+from tests.helpers import Pushes, other_tasks, through_outage, unique, wait_for_state
 
 # Every test here runs on both publish paths (tests/integration/conftest.py).
 pytestmark = pytest.mark.usefixtures("publish_path")
@@ -306,7 +306,10 @@ async def test_topology_and_subscriptions_come_back_after_the_broker_drops_us(
             async with bus.events() as events:
                 async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
                     channel = await admin.channel()
-                    await channel.queue_delete(q)  # the broker cancels our consumer
+                    await channel.queue_delete(q)
+                # The broker drops the connection: the queue and its binding are declared
+                # again on the next link, and the subscription attached.
+                await asyncio.to_thread(rabbitmq.ctl, "close_all_connections", "test")
                 await wait_for_state(events, aiobus.State.RECONNECTING, timeout=10)
                 await wait_for_state(events, aiobus.State.CONNECTED, timeout=10)
             assert sub.live
@@ -496,8 +499,8 @@ async def test_declare_false_queue_deleted_under_it_fails_that_subscription_alon
         assert bus.is_connected
 
 
-async def _until_kind(events: Any, kind: str) -> Any:
-    async with asyncio.timeout(10):
+async def _until_kind(events: Any, kind: str, timeout: float = 10) -> Any:
+    async with asyncio.timeout(timeout):
         async for event in events:
             yield event
             if event.kind == kind:
@@ -530,3 +533,74 @@ async def test_messages_in_flight_with_one_id_each_get_their_own_outcome(rabbitm
                 else:
                     assert isinstance(outcome, aiobus.Unroutable), (key, outcome)
         assert await queue_depth(rabbitmq.amqp_url, q) == 30
+
+
+@pytest.mark.parametrize("declared_by", ["topology", "subscribe"])
+async def test_a_queue_deleted_under_its_consumer_is_declared_again_for_that_subscription_alone(
+    rabbitmq: Any, declared_by: str
+) -> None:
+    q, topic, other = unique("del"), unique("del"), unique("other")
+    topology = [Queue(q, durable=False), Binding(q, "amq.topic", topic)]
+    async with aiobus.amqp.connect(
+        rabbitmq.amqp_url, topology=topology if declared_by == "topology" else ()
+    ) as bus:
+        pattern = "" if declared_by == "topology" else topic
+        async with (
+            bus.subscribe(pattern, queue=q) as sub,
+            bus.subscribe("", queue=other, prefetch=10) as bystander,
+            bus.events() as events,
+        ):
+            await asyncio.gather(*(bus.publish(other, f"b{i}", exchange="") for i in range(5)))
+            await Pushes(bystander).until(lambda: bystander.buffered == 5)
+            in_flight = [bus.publish(unique("k"), b"x", mandatory=False) for _ in range(300)]
+            async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+                channel = await admin.channel()
+                await channel.queue_delete(q)  # the broker cancels our consumer
+            kinds = [e.kind async for e in _until_kind(events, "subscription_reattached")]
+            assert "link_lost" not in kinds and "subscription_failed" not in kinds
+            async with asyncio.timeout(10):
+                await asyncio.gather(*in_flight)  # confirmed on the same link, none re-sent
+            await bus.publish(topic, b"after")  # the queue and its binding are back
+            msg = await sub.get(timeout=10)
+            assert msg.body == b"after"
+            await msg.ack()
+            for i in range(5):  # the other subscription's buffer is untouched
+                kept = await bystander.get(timeout=10)
+                assert kept.text() == f"b{i}"
+                await kept.ack()
+            assert bus.is_connected
+
+
+async def test_a_consumer_timeout_re_attaches_that_subscription_alone(rabbitmq: Any) -> None:
+    """RabbitMQ closes the channel of a consumer that holds a delivery past its queue's
+    consumer timeout (checked at each channel tick, made short here for new channels)."""
+    await asyncio.to_thread(
+        rabbitmq.ctl, "eval", "application:set_env(rabbit, channel_tick_interval, 200)."
+    )
+    q, other = unique("slow"), unique("other")
+    async with aiobus.amqp.connect(
+        rabbitmq.amqp_url,
+        topology=[Queue(q, durable=False, arguments={"x-consumer-timeout": 1000})],
+    ) as bus:
+        async with (
+            bus.subscribe("", queue=q) as sub,
+            bus.subscribe("", queue=other) as bystander,
+            bus.events() as events,
+        ):
+            await bus.publish(q, b"held too long", exchange="")
+            await bus.publish(other, b"kept", exchange="")
+            await Pushes(bystander).until(lambda: bystander.buffered == 1)
+            held = await sub.get(timeout=10)
+            assert not held.redelivered
+            async with asyncio.timeout(30):
+                kinds = [e.kind async for e in _until_kind(events, "subscription_reattached", 30)]
+            assert "link_lost" not in kinds
+            with pytest.raises(aiobus.StaleDelivery):
+                await held.ack()
+            again = await sub.get(timeout=10)  # the broker took it back and delivers it again
+            assert again.body == b"held too long" and again.redelivered
+            await again.ack()
+            kept = await bystander.get(timeout=10)
+            assert kept.body == b"kept"
+            await kept.ack()
+            assert bus.is_connected
