@@ -428,7 +428,7 @@ class Amqp091Link(Link):
                     ssl_context=context,
                     timeout=opts.connect_timeout,
                     heartbeat=_heartbeat_to_negotiate(opts.heartbeat),
-                    client_properties={"connection_name": "aiobus"},
+                    client_properties={"connection_name": opts.connection_name},
                 )
             finally:
                 _stream_keeper.reset(token)

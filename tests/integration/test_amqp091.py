@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import aio_pika
@@ -574,9 +575,25 @@ async def test_a_queue_deleted_under_its_consumer_is_declared_again_for_that_sub
 async def test_a_consumer_timeout_re_attaches_that_subscription_alone(rabbitmq: Any) -> None:
     """RabbitMQ closes the channel of a consumer that holds a delivery past its queue's
     consumer timeout (checked at each channel tick, made short here for new channels)."""
+    was = await asyncio.to_thread(
+        rabbitmq.ctl, "eval", "application:get_env(rabbit, channel_tick_interval)."
+    )
+    found = re.search(r"\{ok,\s*(\d+)\}", was)
+    assert found, was  # RabbitMQ's own default is in its application environment
     await asyncio.to_thread(
         rabbitmq.ctl, "eval", "application:set_env(rabbit, channel_tick_interval, 200)."
     )
+    try:
+        await _consumer_timeout_re_attaches(rabbitmq)
+    finally:  # channels opened from now on tick as before
+        await asyncio.to_thread(
+            rabbitmq.ctl,
+            "eval",
+            f"application:set_env(rabbit, channel_tick_interval, {found.group(1)}).",
+        )
+
+
+async def _consumer_timeout_re_attaches(rabbitmq: Any) -> None:
     q, other = unique("slow"), unique("other")
     async with aiobus.amqp.connect(
         rabbitmq.amqp_url,
@@ -604,3 +621,13 @@ async def test_a_consumer_timeout_re_attaches_that_subscription_alone(rabbitmq: 
             assert kept.body == b"kept"
             await kept.ack()
             assert bus.is_connected
+
+
+async def test_the_connection_name_is_the_applications(rabbitmq: Any) -> None:
+    name = unique("billing")
+    async with aiobus.connect(rabbitmq.amqp_url, connection_name=name) as bus:
+        listed = await asyncio.to_thread(rabbitmq.ctl, "list_connections", "client_properties")
+        assert name in listed  # the broker shows the name the application gave
+        assert bus.is_connected
+    with pytest.raises(aiobus.ConfigError, match="connection_name"):
+        aiobus.connect(rabbitmq.amqp_url, connection_name=5)
