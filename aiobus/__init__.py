@@ -31,6 +31,7 @@ from .errors import (
     StaleDelivery,
     SubscriptionError,
     SubscriptionNotEntered,
+    TopologyMismatch,
     TransientConnectError,
     Unroutable,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "Subscription",
     "SubscriptionError",
     "SubscriptionNotEntered",
+    "TopologyMismatch",
     "TransientConnectError",
     "Unroutable",
     "connect",

@@ -102,7 +102,8 @@ def connect(
     **options: Any,
 ) -> Connection:
     """``aiobus.connect`` for ``amqp://`` / ``amqps://`` with AMQP 0-9-1's full options
-    (``exchange``, ``mandatory``, ``persistent``, ``on_mismatch``, ``heartbeat``, TLS files...)."""
+    (``exchange``, ``mandatory``, ``persistent``, ``on_mismatch``, ``connection_name``,
+    ``heartbeat``, TLS files...)."""
     settings = parse(url, topology=tuple(topology), **options)
     if settings.protocol != "amqp091":
         raise ConfigError(

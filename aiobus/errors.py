@@ -24,6 +24,34 @@ class InvalidTopic(ConfigError):
     """A topic, filter, routing key or address breaks its protocol's rules."""
 
 
+class TopologyMismatch(ConfigError):
+    """A declaration clashes with what the broker already has (AMQP 0-9-1: the broker answered
+    ``PRECONDITION_FAILED``), from ``topology=``, ``declare()`` or ``subscribe(queue=...)``.
+
+    Where the broker names the clash: ``queue`` (or ``exchange``) is the entity's name,
+    ``argument`` the flag or argument that differs (``"durable"``, ``"x-message-ttl"``...),
+    ``expected`` the value this client declared and ``actual`` the broker's, both as the
+    broker prints them (``None`` where one side has no value). Each is ``None`` when unknown.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        queue: str | None = None,
+        exchange: str | None = None,
+        argument: str | None = None,
+        expected: str | None = None,
+        actual: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.queue = queue
+        self.exchange = exchange
+        self.argument = argument
+        self.expected = expected
+        self.actual = actual
+
+
 class NotSupported(AiobusError):
     """The protocol has no way to do what was asked (e.g. ``nack`` on MQTT)."""
 
@@ -134,14 +162,26 @@ class InvalidMessage(PublishError, ValueError):
 
 
 class MessageTooLarge(InvalidMessage):
-    """The encoded message is over the broker's maximum size (``size`` and ``limit`` in
-    bytes). A limit learned from a broker's refusal is checked at ``publish()`` from then on
+    """The encoded message is over a maximum size (``size`` and ``limit`` in bytes).
+
+    ``option`` names the aiobus option that set the limit (``"max_message_size"``), or is
+    ``None`` where the broker stated the limit (MQTT 5 CONNACK Maximum Packet Size, a size
+    refusal). A limit learned from a broker's refusal is checked at ``publish()`` from then on
     for that connection."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message of {size} bytes is over the broker's maximum of {limit} bytes")
+    def __init__(self, size: int, limit: int, *, option: str | None = None) -> None:
+        if option is None:
+            text = f"message of {size} bytes is over the broker's maximum of {limit} bytes"
+        else:
+            text = (
+                f"message of {size} bytes is over {limit} bytes, this connection's "
+                f"{option} option (an aiobus limit, not the broker's): pass a larger "
+                f"{option}= to connect() if the broker accepts larger messages"
+            )
+        super().__init__(text)
         self.size = size
         self.limit = limit
+        self.option = option
 
 
 class PublishTimeout(PublishError, TimeoutError):

@@ -99,6 +99,9 @@ class AmqpOptions(CommonOptions):
     persistent: bool = True
     on_mismatch: Literal["error", "recreate"] = "error"
     max_message_size: int = 16 * 1024 * 1024
+    connection_name: str = "aiobus"
+    """The name the broker shows for this connection (management UI, ``rabbitmqctl
+    list_connections client_properties``): the ``connection_name`` client property."""
     topology: Sequence[Any] = field(default=(), metadata=KW_ONLY)
 
 

@@ -53,6 +53,7 @@ from ..errors import (
     PermanentConnectError,
     ProtocolMismatch,
     SubscriptionError,
+    TopologyMismatch,
     TransientConnectError,
     Unroutable,
     unsendable,
@@ -61,6 +62,7 @@ from ..message import Delivery
 from ..settings import AmqpOptions, options_as
 from ..tls import client_context
 from ..topics import validate_binding_pattern, validate_routing_key
+from .amqp091_aiormq import Returns, publishing
 from .base import (
     CancelReason,
     Capabilities,
@@ -84,8 +86,7 @@ def _options(settings: Settings) -> AmqpOptions:
     return options_as(settings.options, AmqpOptions)
 
 
-class TopologyMismatch(ConfigError):
-    """A declaration clashes with what the broker already has (PRECONDITION_FAILED)."""
+__all__ = ["Amqp091Link", "TopologyMismatch"]  # TopologyMismatch: importable here as before
 
 
 def _heartbeat_to_negotiate(heartbeat: float) -> int:
@@ -94,22 +95,6 @@ def _heartbeat_to_negotiate(heartbeat: float) -> int:
     if heartbeat <= 0:
         return 0
     return max(1, round(heartbeat * 2 / 3))
-
-
-def _has_frame_api(channel: Any) -> bool:
-    """The aiormq internals the fast publish path relies on (checked, not assumed)."""
-    return all(
-        hasattr(channel, name)
-        for name in (
-            "delivery_tag",
-            "confirmations",
-            "message_id_delivery_tag",
-            "write_queue",
-            "number",
-            "_split_body",
-            "create_future",
-        )
-    )
 
 
 def map_connect_error(
@@ -360,10 +345,19 @@ class Amqp091Link(Link):
         self._control: aio_pika.abc.AbstractChannel | None = None
         self._known_exchanges: set[str] = {""}
         self._declared_queues: set[str] = set()
+        #: The topology's queues and their bindings, by queue name: what a re-attach declares
+        #: again when the broker ended a consumer of one of them (the queue was deleted).
+        self._topology_queues: dict[str, Queue] = {}
+        self._topology_bindings: dict[str, list[Binding]] = {}
+        #: Topology queues whose consumer the broker ended on this link: declared again (with
+        #: their bindings) by the next attach on them.
+        self._lost_queues: set[str] = set()
+        self._tidying: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self._consumers: list[Amqp091Consumer] = []
         self._publishing: set[asyncio.Task[None]] = set()
         self._fast = False
+        self._returns = Returns(self.opts.exchange)
         self._stream = StreamKeeper(settings.tls)
         self._stamp = datetime.now(UTC)
         self._stamp_until = 0.0
@@ -386,15 +380,20 @@ class Amqp091Link(Link):
         if msg.exchange is not None and not isinstance(msg.exchange, str):
             raise ConfigError(f"exchange must be a str, got {type(msg.exchange).__name__}")
         if len(msg.body) > opts.max_message_size:
-            raise MessageTooLarge(len(msg.body), opts.max_message_size)
+            raise MessageTooLarge(len(msg.body), opts.max_message_size, option="max_message_size")
         check_short_strings(msg)
         if msg.headers:
             check_headers(msg.headers)
 
     @classmethod
     def check_subscribe(cls, settings: Settings, spec_: SubscriptionSpec) -> None:
-        if spec_.extra:
-            raise ConfigError(f"unknown subscribe options for amqp://: {sorted(spec_.extra)}")
+        unknown = set(spec_.extra) - _SUBSCRIBE_OPTIONS
+        if unknown:
+            raise ConfigError(
+                f"unknown subscribe options for amqp://: {sorted(unknown)} (AMQP 0-9-1 also "
+                f"takes {', '.join(sorted(_SUBSCRIBE_OPTIONS))})"
+            )
+        check_passive(spec_)
         if spec_.qos is not None:
             raise ConfigError("qos is an MQTT option; AMQP 0-9-1 subscriptions ack manually")
         if spec_.pattern:
@@ -429,7 +428,7 @@ class Amqp091Link(Link):
                     ssl_context=context,
                     timeout=opts.connect_timeout,
                     heartbeat=_heartbeat_to_negotiate(opts.heartbeat),
-                    client_properties={"connection_name": "aiobus"},
+                    client_properties={"connection_name": opts.connection_name},
                 )
             finally:
                 _stream_keeper.reset(token)
@@ -440,7 +439,8 @@ class Amqp091Link(Link):
             )
             self._publish_channel.close_callbacks.add(self._on_publish_channel_closed)
             self._raw_publish = await self._publish_channel.get_underlay_channel()
-            self._fast = self.fast_publish and _has_frame_api(self._raw_publish)
+            self._returns.install(self._raw_publish)
+            self._fast = self.fast_publish
         except asyncio.CancelledError as exc:
             note_step(exc, ConnectPhase.HEADER, str(self.endpoint))
             await self.close()
@@ -493,8 +493,8 @@ class Amqp091Link(Link):
         # Outcomes of a closed link no longer count (the core re-sends or fails them).
         for task in list(self._publishing):
             task.cancel()
-        if self._publishing:
-            await asyncio.gather(*self._publishing, return_exceptions=True)
+        if self._publishing or self._tidying:
+            await asyncio.gather(*self._publishing, *self._tidying, return_exceptions=True)
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
@@ -540,11 +540,38 @@ class Amqp091Link(Link):
         unknown -= known
         for name in unknown:
             await self._check_exchange(name)
-        channel = self._raw_publish
+        channel: Any = self._raw_publish
         assert channel is not None
         if channel.is_closed:
             raise LinkDown("the publish channel is closed")
-        fast = self._fast
+        if not self._fast:
+            self._publish_tasks(channel, batch)
+            return
+        queue: asyncio.Queue[ChannelFrame] = channel.write_queue
+        # aiormq's channel lock, once per batch, as its basic_publish takes it once per
+        # message: no other publish interleaves its tags, and a closed channel is refused.
+        async with channel.lock:
+            for msg in batch:
+                exchange = msg.exchange if msg.exchange is not None else default_exchange
+                if exchange not in known:
+                    self.hooks.failed(
+                        msg, Unroutable(f"exchange {exchange!r} does not exist", code=404)
+                    )
+                    continue
+                wire, msg.wire = msg.wire, None  # written once; a re-send encodes again
+                if queue.full():
+                    await queue.put(wire)  # aiormq's writer is behind: wait, as TCP would
+                else:
+                    queue.put_nowait(wire)
+                # Queued, with no await since: the tag is the frame's, and nothing is taken
+                # back if a wait above is cancelled (aiormq's rollback has nothing to undo).
+                self._track(channel, msg)
+
+    def _publish_tasks(
+        self, channel: aiormq.abc.AbstractChannel, batch: Sequence[Outgoing]
+    ) -> None:
+        default_exchange = self.opts.exchange
+        known = self._known_exchanges
         loop = self._loop
         for msg in batch:
             exchange = msg.exchange if msg.exchange is not None else default_exchange
@@ -554,23 +581,16 @@ class Amqp091Link(Link):
                 )
                 continue
             wire, msg.wire = msg.wire, None  # written once; a re-send encodes again
-            if fast:
-                self._track(channel, msg)
-                queue: asyncio.Queue[ChannelFrame] = channel.write_queue  # type: ignore[attr-defined]
-                if queue.full():
-                    await queue.put(wire)  # aiormq's writer is behind: wait, as TCP would
-                else:
-                    queue.put_nowait(wire)
-            else:
-                properties, mandatory = wire
-                task = loop.create_task(
-                    self._publish_one(channel, msg, exchange, properties, mandatory)
-                )
-                self._publishing.add(task)
-                task.add_done_callback(self._publishing.discard)
+            properties, mandatory = wire
+            task = loop.create_task(
+                self._publish_one(channel, msg, exchange, properties, mandatory)
+            )
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
 
-    #: Write frames straight into aiormq's channel (its own confirm bookkeeping, no task and
-    #: no lock per message); False uses ``basic_publish`` tasks, aiormq's public path.
+    #: Write frames straight into aiormq's channel under its lock, one lock per batch (its
+    #: own confirm bookkeeping, no task per message); False uses ``basic_publish`` tasks,
+    #: aiormq's public path. Both match returns through ``Returns``.
     fast_publish: ClassVar[bool] = True
 
     def _properties(self, msg: Outgoing, timestamp: datetime) -> spec.Basic.Properties:
@@ -597,22 +617,17 @@ class Amqp091Link(Link):
         return self._stamp
 
     def _track(self, channel: Any, msg: Outgoing) -> None:
-        """The bookkeeping of aiormq's ``basic_publish``, minus its per-call task, lock and
-        timeout, for a frame written next. Only the pump publishes on this channel, one batch
-        at a time, so delivery tags follow the order the frames are queued in."""
+        """The bookkeeping of aiormq's ``basic_publish`` (under its lock, held by the
+        caller), minus its per-call task and timeout, for the frame just queued."""
         channel.delivery_tag += 1
-        tag = channel.delivery_tag
+        tag = msg.tag = channel.delivery_tag
         confirmation = channel.create_future()  # failed by aiormq when the channel closes
         channel.confirmations[tag] = confirmation
-        # aiormq matches a basic.return to its publish by message id.
-        channel.message_id_delivery_tag[msg.message_id] = tag
-        confirmation.add_done_callback(partial(self._confirmed, channel, msg, tag))
+        self._returns.add(msg)
+        confirmation.add_done_callback(partial(self._confirmed, msg, tag))
 
-    def _confirmed(
-        self, channel: Any, msg: Outgoing, tag: int, confirmation: asyncio.Future[Any]
-    ) -> None:
-        if channel.message_id_delivery_tag.get(msg.message_id) == tag:
-            del channel.message_id_delivery_tag[msg.message_id]
+    def _confirmed(self, msg: Outgoing, tag: int, confirmation: asyncio.Future[Any]) -> None:
+        self._returns.remove(msg)
         if confirmation.cancelled():
             self._publish_channel_died(None)
             return
@@ -697,6 +712,7 @@ class Amqp091Link(Link):
         properties: spec.Basic.Properties,
         mandatory: bool,
     ) -> None:
+        publishing.set(msg)  # this task's: ``Returns`` learns its tag from aiormq
         try:
             result = await channel.basic_publish(
                 msg.body,
@@ -714,6 +730,8 @@ class Amqp091Link(Link):
         except Exception as exc:  # every outcome is sorted by _publish_failed, none escapes
             self._publish_failed(msg, exc)
             return
+        finally:
+            self._returns.remove(msg)
         self.hooks.settled(msg, getattr(result, "delivery_tag", None))
 
     # -- topology ---------------------------------------------------------------------------
@@ -737,6 +755,9 @@ class Amqp091Link(Link):
             elif isinstance(item, Queue):
                 await self._declare_queue(control, item)
             else:
+                bindings = self._topology_bindings.setdefault(item.queue, [])
+                if item not in bindings:
+                    bindings.append(item)
                 raw = await control.get_underlay_channel()
                 await raw.queue_bind(
                     item.queue,
@@ -749,10 +770,10 @@ class Amqp091Link(Link):
             if isinstance(item, Queue) and self.opts.on_mismatch == "recreate":
                 await self._recreate(item)
                 return
-            raise TopologyMismatch(
-                f"declaring {type(item).__name__.lower()} {item_name(item)!r} clashes with the "
-                f"broker's: {_reply_text(exc)} (on_mismatch='recreate' deletes and re-declares "
-                "a queue)"
+            raise topology_mismatch(
+                exc,
+                f"declaring {type(item).__name__.lower()} {item_name(item)!r}",
+                "on_mismatch='recreate' deletes and re-declares a queue",
             ) from None
         except amqp_errors.ChannelNotFoundEntity as exc:
             self._control = None
@@ -768,6 +789,7 @@ class Amqp091Link(Link):
             arguments=FieldTable(item.declare_arguments()),
         )
         self._declared_queues.add(item.name)
+        self._topology_queues[item.name] = item
 
     async def _recreate(self, item: Queue) -> None:
         control = await self._control_channel()
@@ -793,6 +815,17 @@ class Amqp091Link(Link):
             if spec_.queue is None:
                 declared = await raw.queue_declare("", exclusive=True, auto_delete=True)
                 queue = declared.queue or ""
+            elif not spec_.extra.get("declare", True):
+                queue = spec_.queue  # as it is: only asked whether it exists
+                await raw.queue_declare(queue, passive=True)
+            elif spec_.queue in self._lost_queues:
+                queue = spec_.queue
+                self._lost_queues.discard(queue)
+                # Its consumer was ended (the queue deleted): the topology's queue and
+                # bindings come back before it is consumed again.
+                await self.declare(
+                    [self._topology_queues[queue], *self._topology_bindings.get(queue, ())]
+                )
             else:
                 queue = spec_.queue
                 if queue not in self._declared_queues:
@@ -807,13 +840,32 @@ class Amqp091Link(Link):
         except amqp_errors.ChannelClosed as exc:
             with contextlib.suppress(Exception):
                 await channel.close()
+            if isinstance(exc, amqp_errors.ChannelPreconditionFailed) and _INEQUIVALENT.search(
+                _reply_text(exc)
+            ):
+                raise topology_mismatch(
+                    exc,
+                    f"subscribing to {spec_.pattern!r} on queue {spec_.queue!r}",
+                    "declare the queue as the broker has it (a Queue(...) in topology= with "
+                    "its flags and arguments), or consume it as it is with "
+                    "subscribe('', queue=..., declare=False)",
+                ) from None
+            if isinstance(exc, amqp_errors.ChannelNotFoundEntity) and not spec_.extra.get(
+                "declare", True
+            ):
+                raise SubscriptionError(
+                    f"queue {spec_.queue!r} does not exist: subscribe(..., declare=False) "
+                    "consumes an existing queue and declares nothing (declare it with "
+                    f"Queue({spec_.queue!r}, ...) in topology=, or leave out declare=False): "
+                    f"{_reply_text(exc)}"
+                ) from None
             raise SubscriptionError(
                 f"subscribing to {spec_.pattern!r} (queue {spec_.queue!r}) failed: "
                 f"{_reply_text(exc)}"
             ) from None
         channel.close_callbacks.add(lambda _, exc: self._consumer_channel_closed(consumer, exc))
         raw.on_consumer_cancel_callbacks.add(
-            lambda frame: self._consumer_channel_closed(consumer, f"basic.cancel {frame!r}")
+            lambda frame: self._consumer_ended(consumer, "basic.cancel (the queue was deleted?)")
         )
         self._consumers.append(consumer)
         return consumer
@@ -821,9 +873,67 @@ class Amqp091Link(Link):
     def _consumer_channel_closed(self, consumer: Amqp091Consumer, exc: object) -> None:
         if consumer.cancelled:
             return
-        # The broker ended the consumer (queue deleted, basic.cancel, channel error): start
-        # over, so the subscription is re-attached (and re-declared) on a fresh link.
-        self.hooks.lost(LinkDown(f"consumer on {consumer.queue!r} ended by the broker: {exc}"))
+        connection = self.connection
+        if (
+            isinstance(exc, amqp_errors.ChannelClosed)
+            and connection is not None
+            and not connection.is_closed
+        ):
+            # The broker closed this consumer's channel alone (consumer_timeout, a queue
+            # error): this subscription's business, not the connection's.
+            self._consumer_ended(consumer, f"the broker closed its channel: {_reply_text(exc)}")
+            return
+        self.hooks.lost(LinkDown(f"consumer on {consumer.queue!r} ended: {exc}"))
+
+    def _consumer_ended(self, consumer: Amqp091Consumer, why: str) -> None:
+        """The broker ended one consumer while the connection lives: its deliveries are
+        stale (the broker has them back), its channel is closed, and the core re-attaches
+        that subscription (declaring its queue again) or fails it loudly. Publishes in
+        flight and other subscriptions are untouched."""
+        if consumer.cancelled:
+            return
+        consumer.cancelled = True
+        queue = consumer.queue
+        if queue in self._topology_queues:
+            self._lost_queues.add(queue)
+        task = self._loop.create_task(self._close_quietly(consumer.channel))
+        self._tidying.add(task)
+        task.add_done_callback(self._tidying.discard)
+        self.hooks.consumer_lost(
+            consumer.sink,
+            SubscriptionError(f"the broker ended the consumer of queue {queue!r}: {why}"),
+        )
+
+    @staticmethod
+    async def _close_quietly(channel: aio_pika.abc.AbstractChannel) -> None:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+#: Subscribe options of AMQP 0-9-1 beyond the common ones.
+_SUBSCRIBE_OPTIONS = frozenset({"declare"})
+
+
+def check_passive(spec_: SubscriptionSpec) -> None:
+    """``declare=False``: consume a queue as it is (another application's, a quorum or stream
+    queue), declaring and binding nothing, so nothing the subscription asks can clash."""
+    declare = spec_.extra.get("declare", True)
+    if not isinstance(declare, bool):
+        raise ConfigError(f"declare must be True or False, got {declare!r}")
+    if declare:
+        return
+    if spec_.queue is None:
+        raise ConfigError("declare=False consumes an existing queue: name it with queue=")
+    if spec_.pattern or spec_.exchange is not None:
+        raise ConfigError(
+            "declare=False binds nothing: pass '' as the pattern and no exchange=, and declare "
+            "the bindings you need as Binding(...) in topology= (or leave out declare=False)"
+        )
+    if spec_.durable is not None or spec_.exclusive is not None:
+        raise ConfigError(
+            "durable= and exclusive= describe a queue to declare; declare=False takes the "
+            "queue as it is"
+        )
 
 
 def _declare_order(item: Any) -> int:
@@ -834,6 +944,43 @@ def item_name(item: Exchange | Queue | Binding) -> str:
     if isinstance(item, Binding):
         return f"{item.queue} <- {item.exchange} [{item.routing_key}]"
     return item.name
+
+
+#: RabbitMQ's text for a declaration that differs from the entity it has.
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<argument>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)' "
+    r"in vhost '[^']*': received (?P<expected>.+?) but current is (?P<actual>.+?)\s*$"
+)
+_VALUE = re.compile(r"^(?:the value )?'(?P<value>[^']*)'")
+
+
+def _printed_value(text: str) -> str | None:
+    """One side of RabbitMQ's clash text: ``none``, ``'x'`` or ``the value 'x' of type 't'``."""
+    found = _VALUE.match(text)
+    return found.group("value") if found else None
+
+
+def topology_mismatch(exc: BaseException, what: str, fix: str) -> TopologyMismatch:
+    """``TopologyMismatch`` for a declaration the broker refused with PRECONDITION_FAILED:
+    what differs, taken from the broker's text where it names it, and what to change."""
+    text = _reply_text(exc)
+    found = _INEQUIVALENT.search(text)
+    if found is None:
+        return TopologyMismatch(f"{what} clashes with the broker's: {text} ({fix})")
+    name, argument = found.group("name"), found.group("argument")
+    expected = _printed_value(found.group("expected"))
+    actual = _printed_value(found.group("actual"))
+    kind = found.group("kind")
+    return TopologyMismatch(
+        f"{what} clashes with the broker's {kind} {name!r}: {argument} is "
+        f"{'unset' if actual is None else repr(actual)} there, declared here as "
+        f"{'unset' if expected is None else repr(expected)} ({text}); {fix}",
+        queue=name if kind == "queue" else None,
+        exchange=name if kind == "exchange" else None,
+        argument=argument,
+        expected=expected,
+        actual=actual,
+    )
 
 
 def _reply_text(exc: BaseException) -> str:

@@ -200,7 +200,7 @@ class MemoryLink(Link):
         ):
             raise ConfigError(f"priority must be an int from 0 to 255, got {msg.priority!r}")
         if len(msg.body) > opts.max_message_size:
-            raise MessageTooLarge(len(msg.body), opts.max_message_size)
+            raise MessageTooLarge(len(msg.body), opts.max_message_size, option="max_message_size")
 
     @classmethod
     def check_subscribe(cls, settings: Settings, spec: SubscriptionSpec) -> None:

@@ -245,7 +245,7 @@ class MqttLink(Link):
         limit = opts.max_message_size
         size = len(msg.body)
         if size > limit:
-            raise MessageTooLarge(size, limit)
+            raise MessageTooLarge(size, limit, option="max_message_size")
         # Encoded once, here: the topic and properties do not depend on the link, and a
         # string MQTT cannot carry is an error at the call (``Link.encode`` reuses it).
         wire = msg.wire = wire_publish(msg, opts.protocol == 5)

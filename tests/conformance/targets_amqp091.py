@@ -1,9 +1,11 @@
-"""Conformance target: AMQP 0-9-1 on the private RabbitMQ 4 node."""
+"""Conformance targets: AMQP 0-9-1 on the private RabbitMQ 4 node, on both publish paths
+(frames written into aiormq's channel, the default; aiormq's ``basic_publish``)."""
 
 from __future__ import annotations
 
 import pytest
 
+from aiobus.transports.amqp091 import Amqp091Link
 from tests.conformance.conftest import Target
 
 
@@ -26,4 +28,11 @@ def _rabbitmq(request: pytest.FixtureRequest) -> Target:
     )
 
 
-TARGETS = {"rabbitmq-amqp091": _rabbitmq}
+def _rabbitmq_slow_path(request: pytest.FixtureRequest) -> Target:
+    request.getfixturevalue("monkeypatch").setattr(Amqp091Link, "fast_publish", False)
+    target = _rabbitmq(request)
+    target.name = "rabbitmq-amqp091-slow-path"
+    return target
+
+
+TARGETS = {"rabbitmq-amqp091": _rabbitmq, "rabbitmq-amqp091-slow-path": _rabbitmq_slow_path}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import aio_pika
@@ -11,7 +12,10 @@ import pytest
 import aiobus
 from aiobus.amqp import Binding, Exchange, Queue
 from aiobus.transports.amqp091 import TopologyMismatch
-from tests.helpers import other_tasks, through_outage, unique, wait_for_state
+from tests.helpers import Pushes, other_tasks, through_outage, unique, wait_for_state
+
+# Every test here runs on both publish paths (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("publish_path")
 
 
 async def queue_depth(url: str, queue: str) -> int:
@@ -226,16 +230,65 @@ async def test_fanout_broadcast_reaches_every_subscriber(rabbitmq: Any) -> None:
 
 
 async def test_topology_mismatch_names_the_queue_and_argument(rabbitmq: Any) -> None:
+    assert TopologyMismatch is aiobus.TopologyMismatch  # still importable where it was
     q = unique("mm")
     async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[Queue(q, message_ttl=1)]):
         pass
-    with pytest.raises(TopologyMismatch, match=rf"queue '{q}'.*x-message-ttl"):
+    with pytest.raises(aiobus.TopologyMismatch, match=rf"queue '{q}'.*x-message-ttl") as err:
         async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[Queue(q, message_ttl=2)]):
             pass
+    clash = err.value
+    assert (clash.queue, clash.exchange, clash.argument) == (q, None, "x-message-ttl")
+    assert (clash.expected, clash.actual) == ("2000", "1000")
     async with aiobus.amqp.connect(
         rabbitmq.amqp_url, topology=[Queue(q, message_ttl=2)], on_mismatch="recreate"
     ) as bus:
         await bus.publish(q, b"x", exchange="")
+
+
+async def test_an_exchange_clash_names_the_exchange_and_what_differs(rabbitmq: Any) -> None:
+    name = unique("xmm")
+    async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[Exchange(name, type="fanout")]):
+        pass
+    with pytest.raises(aiobus.TopologyMismatch, match=rf"exchange '{name}'") as err:
+        async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[Exchange(name)]):
+            pass
+    clash = err.value
+    assert (clash.queue, clash.exchange, clash.argument) == (None, name, "type")
+    assert (clash.expected, clash.actual) == ("topic", "fanout")
+
+
+@pytest.mark.parametrize(
+    ("durable", "arguments", "argument", "expected", "actual"),
+    [
+        (True, {"x-queue-type": "quorum"}, "x-queue-type", "classic", "quorum"),
+        (True, {"x-message-ttl": 1000}, "x-message-ttl", None, "1000"),
+        (False, {}, "durable", "true", "false"),
+    ],
+    ids=["quorum", "argument", "durable"],
+)
+async def test_subscribe_to_a_queue_that_clashes_raises_topology_mismatch(
+    rabbitmq: Any,
+    durable: bool,
+    arguments: dict[str, Any],
+    argument: str,
+    expected: str | None,
+    actual: str,
+) -> None:
+    q = unique("smm")
+    async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+        channel = await admin.channel()
+        await channel.declare_queue(q, durable=durable, arguments=arguments)
+    async with aiobus.connect(rabbitmq.amqp_url) as bus:
+        with pytest.raises(aiobus.TopologyMismatch, match=rf"queue '{q}'") as err:
+            async with bus.subscribe(unique("t"), queue=q):
+                pass
+        assert "declare=False" in str(err.value)  # what to change
+        clash = err.value
+        assert (clash.queue, clash.argument) == (q, argument)
+        assert (clash.expected, clash.actual) == (expected, actual)
+        assert bus.is_connected
+        await bus.publish(q, b"the connection goes on", exchange="", mandatory=False)
 
 
 async def test_topology_and_subscriptions_come_back_after_the_broker_drops_us(
@@ -254,7 +307,10 @@ async def test_topology_and_subscriptions_come_back_after_the_broker_drops_us(
             async with bus.events() as events:
                 async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
                     channel = await admin.channel()
-                    await channel.queue_delete(q)  # the broker cancels our consumer
+                    await channel.queue_delete(q)
+                # The broker drops the connection: the queue and its binding are declared
+                # again on the next link, and the subscription attached.
+                await asyncio.to_thread(rabbitmq.ctl, "close_all_connections", "test")
                 await wait_for_state(events, aiobus.State.RECONNECTING, timeout=10)
                 await wait_for_state(events, aiobus.State.CONNECTED, timeout=10)
             assert sub.live
@@ -266,9 +322,14 @@ async def test_topology_and_subscriptions_come_back_after_the_broker_drops_us(
 
 async def test_over_the_maximum_size_raises_at_the_call(rabbitmq: Any) -> None:
     async with aiobus.connect(rabbitmq.amqp_url) as bus:
-        with pytest.raises(aiobus.MessageTooLarge, match="16777216"):
+        with pytest.raises(aiobus.MessageTooLarge, match="16777216") as err:
             bus.publish("k", b"x" * (16 * 1024 * 1024 + 1))
         assert bus.pending == 0
+    # The limit is aiobus's own option, and the error says so (and what to change).
+    assert err.value.option == "max_message_size"
+    assert "max_message_size option" in str(err.value)
+    assert "max_message_size= to connect()" in str(err.value)
+    assert "broker's maximum" not in str(err.value)
 
 
 async def test_wrong_password_is_permanent(rabbitmq: Any) -> None:
@@ -345,27 +406,228 @@ async def test_link_killed_by_the_broker_replays_and_reconnects(rabbitmq: Any) -
     assert not other_tasks()
 
 
-async def test_the_public_basic_publish_path_keeps_the_same_outcomes(
-    rabbitmq: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("durable", "arguments"),
+    [
+        (False, {"x-message-ttl": 60_000, "x-max-length": 1000}),
+        (True, {"x-queue-type": "quorum"}),
+        (True, {"x-queue-type": "stream"}),
+    ],
+    ids=["classic-with-arguments", "quorum", "stream"],
+)
+async def test_declare_false_consumes_a_queue_as_it_is(
+    rabbitmq: Any, durable: bool, arguments: dict[str, Any]
 ) -> None:
-    """The fallback (aiormq's basic_publish per message) for an aiormq without the internals
-    the fast path uses."""
-    from aiobus.transports.amqp091 import Amqp091Link
+    q = unique("asis")
+    async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+        channel = await admin.channel()
+        await channel.declare_queue(q, durable=durable, arguments=arguments)
+    try:
+        async with aiobus.connect(rabbitmq.amqp_url) as bus:
+            async with bus.subscribe("", queue=q, declare=False, prefetch=10) as sub:
+                await asyncio.gather(*(bus.publish(q, f"m{i}", exchange="") for i in range(3)))
+                for i in range(3):
+                    msg = await sub.get(timeout=10)
+                    assert msg.text() == f"m{i}"
+                    await msg.ack()
+            assert bus.is_connected
+        async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+            channel = await admin.channel()
+            # Still as the other application declared it: the same declaration is no clash.
+            await channel.declare_queue(q, durable=durable, arguments=arguments)
+    finally:
+        async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+            channel = await admin.channel()
+            await channel.queue_delete(q)
 
-    monkeypatch.setattr(Amqp091Link, "fast_publish", False)
-    q = unique("slow")
+
+async def test_declare_false_on_a_missing_queue_is_a_subscription_error_naming_it(
+    rabbitmq: Any,
+) -> None:
+    q = unique("missing")
+    async with aiobus.connect(rabbitmq.amqp_url) as bus, bus.events() as events:
+        with pytest.raises(aiobus.SubscriptionError, match=rf"queue '{q}' does not exist"):
+            async with bus.subscribe("", queue=q, declare=False):
+                pass
+        assert bus.is_connected
+        await bus.publish(unique("k"), b"the connection goes on", mandatory=False)
+        async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+            channel = await admin.channel()
+            with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+                await channel.declare_queue(q, passive=True)  # nothing was declared
+    kinds = [e.kind async for e in events]
+    assert "link_lost" not in kinds and "subscription_reattached" not in kinds
+
+
+def test_declare_false_options_are_checked_at_the_call() -> None:
+    bus = aiobus.connect("amqp://guest:guest@127.0.0.1:1/")
+    with pytest.raises(aiobus.ConfigError, match="name it with queue="):
+        bus.subscribe("", declare=False)
+    with pytest.raises(aiobus.ConfigError, match="binds nothing"):
+        bus.subscribe("a.b", queue="q", declare=False)
+    with pytest.raises(aiobus.ConfigError, match="binds nothing"):
+        bus.subscribe("", queue="q", exchange="x", declare=False)
+    with pytest.raises(aiobus.ConfigError, match="as it is"):
+        bus.subscribe("", queue="q", durable=True, declare=False)
+    with pytest.raises(aiobus.ConfigError, match="declare must be True or False"):
+        bus.subscribe("", queue="q", declare="no")
+    with pytest.raises(aiobus.ConfigError, match="unknown subscribe options"):
+        bus.subscribe("", queue="q", decalre=False)
+
+
+async def test_declare_false_queue_deleted_under_it_fails_that_subscription_alone(
+    rabbitmq: Any,
+) -> None:
+    q, other = unique("gone"), unique("stays")
+    async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+        channel = await admin.channel()
+        await channel.declare_queue(q)
+    async with (
+        aiobus.connect(rabbitmq.amqp_url, backoff_initial=0.01) as bus,
+        bus.subscribe("", queue=q, declare=False) as passive,
+        bus.subscribe("", queue=other) as stays,
+        bus.events() as events,
+    ):
+        async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+            channel = await admin.channel()
+            await channel.queue_delete(q)
+        with pytest.raises(aiobus.SubscriptionError, match=rf"queue '{q}' does not exist"):
+            await passive.get(timeout=10)
+        failed = [e async for e in _until_kind(events, "subscription_failed")]
+        assert q in (failed[-1].reason or "")
+        await bus.publish(other, b"still here", exchange="")
+        assert (await stays.get(timeout=10)).body == b"still here"
+        assert bus.is_connected
+
+
+async def _until_kind(events: Any, kind: str, timeout: float = 10) -> Any:
+    async with asyncio.timeout(timeout):
+        async for event in events:
+            yield event
+            if event.kind == kind:
+                return
+
+
+async def test_messages_in_flight_with_one_id_each_get_their_own_outcome(rabbitmq: Any) -> None:
+    """basic.return names no delivery tag: a return must find its own message among those in
+    flight, even where they share a message id (users set ids; retry copies reuse them)."""
+    q = unique("dup")
+    async with aiobus.amqp.connect(rabbitmq.amqp_url, topology=[Queue(q, durable=False)]) as bus:
+        for round_ in range(10):
+            same = f"same-{round_}"
+            order = [
+                (unique("nobody"), False),
+                (q, True),
+                (unique("nobody"), False),
+                (q, True),
+                (q, True),
+                (unique("nobody"), False),
+            ]
+            if round_ % 2:
+                order.reverse()
+            futures = [bus.publish(key, b"x", exchange="", message_id=same) for key, _ in order]
+            async with asyncio.timeout(10):
+                outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            for (key, routed), outcome in zip(order, outcomes, strict=True):
+                if routed:
+                    assert isinstance(outcome, aiobus.Confirm), (key, outcome)
+                else:
+                    assert isinstance(outcome, aiobus.Unroutable), (key, outcome)
+        assert await queue_depth(rabbitmq.amqp_url, q) == 30
+
+
+@pytest.mark.parametrize("declared_by", ["topology", "subscribe"])
+async def test_a_queue_deleted_under_its_consumer_is_declared_again_for_that_subscription_alone(
+    rabbitmq: Any, declared_by: str
+) -> None:
+    q, topic, other = unique("del"), unique("del"), unique("other")
+    topology = [Queue(q, durable=False), Binding(q, "amq.topic", topic)]
+    async with aiobus.amqp.connect(
+        rabbitmq.amqp_url, topology=topology if declared_by == "topology" else ()
+    ) as bus:
+        pattern = "" if declared_by == "topology" else topic
+        async with (
+            bus.subscribe(pattern, queue=q) as sub,
+            bus.subscribe("", queue=other, prefetch=10) as bystander,
+            bus.events() as events,
+        ):
+            await asyncio.gather(*(bus.publish(other, f"b{i}", exchange="") for i in range(5)))
+            await Pushes(bystander).until(lambda: bystander.buffered == 5)
+            in_flight = [bus.publish(unique("k"), b"x", mandatory=False) for _ in range(300)]
+            async with await aio_pika.connect(rabbitmq.amqp_url) as admin:
+                channel = await admin.channel()
+                await channel.queue_delete(q)  # the broker cancels our consumer
+            kinds = [e.kind async for e in _until_kind(events, "subscription_reattached")]
+            assert "link_lost" not in kinds and "subscription_failed" not in kinds
+            async with asyncio.timeout(10):
+                await asyncio.gather(*in_flight)  # confirmed on the same link, none re-sent
+            await bus.publish(topic, b"after")  # the queue and its binding are back
+            msg = await sub.get(timeout=10)
+            assert msg.body == b"after"
+            await msg.ack()
+            for i in range(5):  # the other subscription's buffer is untouched
+                kept = await bystander.get(timeout=10)
+                assert kept.text() == f"b{i}"
+                await kept.ack()
+            assert bus.is_connected
+
+
+async def test_a_consumer_timeout_re_attaches_that_subscription_alone(rabbitmq: Any) -> None:
+    """RabbitMQ closes the channel of a consumer that holds a delivery past its queue's
+    consumer timeout (checked at each channel tick, made short here for new channels)."""
+    was = await asyncio.to_thread(
+        rabbitmq.ctl, "eval", "application:get_env(rabbit, channel_tick_interval)."
+    )
+    found = re.search(r"\{ok,\s*(\d+)\}", was)
+    assert found, was  # RabbitMQ's own default is in its application environment
+    await asyncio.to_thread(
+        rabbitmq.ctl, "eval", "application:set_env(rabbit, channel_tick_interval, 200)."
+    )
+    try:
+        await _consumer_timeout_re_attaches(rabbitmq)
+    finally:  # channels opened from now on tick as before
+        await asyncio.to_thread(
+            rabbitmq.ctl,
+            "eval",
+            f"application:set_env(rabbit, channel_tick_interval, {found.group(1)}).",
+        )
+
+
+async def _consumer_timeout_re_attaches(rabbitmq: Any) -> None:
+    q, other = unique("slow"), unique("other")
     async with aiobus.amqp.connect(
         rabbitmq.amqp_url,
-        topology=[
-            Queue(q, max_length=1, overflow="reject-publish"),
-        ],
+        topology=[Queue(q, durable=False, arguments={"x-consumer-timeout": 1000})],
     ) as bus:
-        await bus.publish(q, b"1", exchange="")
-        with pytest.raises(aiobus.Nacked):
-            await bus.publish(q, b"2", exchange="")
-        with pytest.raises(aiobus.Unroutable):
-            await bus.publish(unique("nobody"), b"x")
-        confirms = await asyncio.gather(
-            *(bus.publish(unique("k"), b"x", mandatory=False) for _ in range(200))
-        )
-        assert len(confirms) == 200
+        async with (
+            bus.subscribe("", queue=q) as sub,
+            bus.subscribe("", queue=other) as bystander,
+            bus.events() as events,
+        ):
+            await bus.publish(q, b"held too long", exchange="")
+            await bus.publish(other, b"kept", exchange="")
+            await Pushes(bystander).until(lambda: bystander.buffered == 1)
+            held = await sub.get(timeout=10)
+            assert not held.redelivered
+            async with asyncio.timeout(30):
+                kinds = [e.kind async for e in _until_kind(events, "subscription_reattached", 30)]
+            assert "link_lost" not in kinds
+            with pytest.raises(aiobus.StaleDelivery):
+                await held.ack()
+            again = await sub.get(timeout=10)  # the broker took it back and delivers it again
+            assert again.body == b"held too long" and again.redelivered
+            await again.ack()
+            kept = await bystander.get(timeout=10)
+            assert kept.body == b"kept"
+            await kept.ack()
+            assert bus.is_connected
+
+
+async def test_the_connection_name_is_the_applications(rabbitmq: Any) -> None:
+    name = unique("billing")
+    async with aiobus.connect(rabbitmq.amqp_url, connection_name=name) as bus:
+        listed = await asyncio.to_thread(rabbitmq.ctl, "list_connections", "client_properties")
+        assert name in listed  # the broker shows the name the application gave
+        assert bus.is_connected
+    with pytest.raises(aiobus.ConfigError, match="connection_name"):
+        aiobus.connect(rabbitmq.amqp_url, connection_name=5)

@@ -39,12 +39,6 @@ REFUSED_BY_THE_CODEC = [
 BROKER_LIMIT = 65_536
 
 
-@pytest.fixture(params=[True, False], ids=["fast-path", "slow-path"])
-def publish_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    monkeypatch.setattr(Amqp091Link, "fast_publish", request.param)
-    return bool(request.param)
-
-
 @pytest.fixture(scope="module")
 def small_broker() -> Iterator[RabbitMQNode]:
     """A private node whose ``max_message_size`` is far below aiobus's own limit."""
@@ -129,9 +123,12 @@ async def test_body_over_the_brokers_limit_fails_alone_and_the_limit_is_learned(
                     await poison
                 await asyncio.gather(*before, *after)  # outage "retry": re-sent on the next link
             assert (refused.value.size, refused.value.limit) == (len(big), BROKER_LIMIT)
+            # The broker stated this limit: the error says it is the broker's.
+            assert refused.value.option is None
+            assert f"the broker's maximum of {BROKER_LIMIT} bytes" in str(refused.value)
             assert len(lost) == 1, "one link loss: the closed channel, never the same message again"
-            # Learned: the next one over the limit is refused at the call.
-            with pytest.raises(aiobus.MessageTooLarge):
+            # Learned: the next one over the limit is refused at the call, as the broker's.
+            with pytest.raises(aiobus.MessageTooLarge, match="the broker's maximum"):
                 bus.publish(topic, big)
             await bus.publish(topic, "end")
             got = await drain(sub, "end")

@@ -96,8 +96,9 @@ def test_checks_at_the_call() -> None:
             MqttLink.check_publish(v4, _msg(**bad))
     with pytest.raises(aiobus.ConfigError):
         MqttLink.check_publish(v5, _msg(headers={"a": 1}))
-    with pytest.raises(aiobus.MessageTooLarge):
+    with pytest.raises(aiobus.MessageTooLarge, match="max_message_size option") as too_large:
         MqttLink.check_publish(v5, _msg(body=b"x" * 11))
+    assert too_large.value.option == "max_message_size"
     for topic in ("a/#", "", "a" * 70_000):
         with pytest.raises(aiobus.InvalidTopic):
             MqttLink.check_publish(v4, _msg(topic=topic))

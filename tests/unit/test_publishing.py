@@ -211,8 +211,10 @@ async def test_bad_input_raises_at_the_call(memory_broker: MemoryBroker) -> None
             bus.publish("k", b"x", timeout=0)
         with pytest.raises(aiobus.ConfigError, match="outage must be"):
             bus.publish("k", b"x", outage="maybe")
-        with pytest.raises(aiobus.MessageTooLarge, match="1001 bytes"):
+        with pytest.raises(aiobus.MessageTooLarge, match="1001 bytes") as too_large:
             bus.publish("k", b"x" * 1001)
+        assert too_large.value.option == "max_message_size"
+        assert "max_message_size option" in str(too_large.value)
         assert bus.pending == 0
     with pytest.raises(aiobus.ConnectionClosed):
         bus.publish("k", b"x")
