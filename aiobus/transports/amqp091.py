@@ -552,11 +552,7 @@ class Amqp091Link(Link):
         # message: no other publish interleaves its tags, and a closed channel is refused.
         async with channel.lock:
             for msg in batch:
-                exchange = msg.exchange if msg.exchange is not None else default_exchange
-                if exchange not in known:
-                    self.hooks.failed(
-                        msg, Unroutable(f"exchange {exchange!r} does not exist", code=404)
-                    )
+                if self._exchange_for(msg) is None:
                     continue
                 wire, msg.wire = msg.wire, None  # written once; a re-send encodes again
                 if queue.full():
@@ -567,18 +563,22 @@ class Amqp091Link(Link):
                 # back if a wait above is cancelled (aiormq's rollback has nothing to undo).
                 self._track(channel, msg)
 
+    def _exchange_for(self, msg: Outgoing) -> str | None:
+        """The exchange ``msg`` goes to, or None when it is known not to exist: then ``msg``
+        has failed alone (``Unroutable``, 404) and is not written."""
+        exchange = msg.exchange if msg.exchange is not None else self.opts.exchange
+        if exchange in self._known_exchanges:
+            return exchange
+        self.hooks.failed(msg, Unroutable(f"exchange {exchange!r} does not exist", code=404))
+        return None
+
     def _publish_tasks(
         self, channel: aiormq.abc.AbstractChannel, batch: Sequence[Outgoing]
     ) -> None:
-        default_exchange = self.opts.exchange
-        known = self._known_exchanges
         loop = self._loop
         for msg in batch:
-            exchange = msg.exchange if msg.exchange is not None else default_exchange
-            if exchange not in known:
-                self.hooks.failed(
-                    msg, Unroutable(f"exchange {exchange!r} does not exist", code=404)
-                )
+            exchange = self._exchange_for(msg)
+            if exchange is None:
                 continue
             wire, msg.wire = msg.wire, None  # written once; a re-send encodes again
             properties, mandatory = wire

@@ -59,14 +59,10 @@ class _NoAckNeeded(Consumer):
 
 NO_ACK_NEEDED = _NoAckNeeded()
 
+#: A delivery's MQTT 5 fields: headers, content type, message id, correlation id, reply-to.
+Props = tuple[dict[str, Any], str | None, str | None, str | None, str | None]
 #: What waits for a full subscription: message, topic, its ``Inbound``, properties, time.
-Held = tuple[
-    "MQTTMessage",
-    str,
-    Inbound | None,
-    tuple[dict[str, Any], str | None, str | None, str | None, str | None],
-    datetime,
-]
+Held = tuple["MQTTMessage", str, Inbound | None, Props, datetime]
 
 
 class MqttConsumer(Consumer):
@@ -105,7 +101,7 @@ class MqttConsumer(Consumer):
         msg: MQTTMessage,
         topic: str,
         inbound: Inbound | None,
-        props: tuple[dict[str, Any], str | None, str | None, str | None, str | None],
+        props: Props,
         now: datetime,
     ) -> None:
         headers, content_type, message_id, correlation_id, reply_to = props
@@ -145,7 +141,7 @@ class MqttConsumer(Consumer):
         msg: MQTTMessage,
         topic: str,
         inbound: Inbound | None,
-        props: tuple[dict[str, Any], str | None, str | None, str | None, str | None],
+        props: Props,
         now: datetime,
     ) -> None:
         """The buffer is full (or older messages wait already): QoS 1/2 wait here,

@@ -11,7 +11,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tests.integration.test_mqtt_size_refusal_peer import read_packet
+from tests.integration.test_mqtt_size_refusal_peer import read_packet, varint_at
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, DISCONNECT = 8, 9, 10, 11, 12, 14
@@ -54,7 +54,7 @@ def suback(body: bytes, v5: bool = True) -> bytes:
     mid = body[:2]
     pos = 2
     if v5:
-        props_len, pos = _varint_at(body, pos)
+        props_len, pos = varint_at(body, pos)
         pos += props_len
     codes = bytearray()
     while pos < len(body):
@@ -63,15 +63,15 @@ def suback(body: bytes, v5: bool = True) -> bytes:
         codes.append(body[pos] & 3)
         pos += 1
     rest = (b"\x00" if v5 else b"") + bytes(codes)
-    return bytes([0x90]) + _varint(2 + len(rest)) + mid + rest
+    return bytes([0x90]) + varint(2 + len(rest)) + mid + rest
 
 
 def unsuback(body: bytes, filters: int = 1, v5: bool = True) -> bytes:
     rest = (b"\x00" + b"\x00" * filters) if v5 else b""
-    return bytes([0xB0]) + _varint(2 + len(rest)) + body[:2] + rest
+    return bytes([0xB0]) + varint(2 + len(rest)) + body[:2] + rest
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     out = bytearray()
     while True:
         byte = value % 128
@@ -79,17 +79,6 @@ def _varint(value: int) -> bytes:
         out.append(byte | 0x80 if value else byte)
         if not value:
             return bytes(out)
-
-
-def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
 
 
 def raw_publish(topic: bytes, payload: bytes, qos: int = 0, mid: int = 0, v5: bool = True) -> bytes:
@@ -100,7 +89,7 @@ def raw_publish(topic: bytes, payload: bytes, qos: int = 0, mid: int = 0, v5: bo
     if v5:
         body += b"\x00"
     body += payload
-    return bytes([0x30 | (qos << 1)]) + _varint(len(body)) + body
+    return bytes([0x30 | (qos << 1)]) + varint(len(body)) + body
 
 
 class ScriptedPeer:

@@ -23,6 +23,7 @@ from tests.integration.mqtt_peer import (
     connack,
     publish_id,
     suback,
+    varint,
 )
 from tests.integration.mqtt_support import link_of
 
@@ -100,7 +101,7 @@ async def test_an_oversized_packet_closes_the_link_at_its_header(protocol: int) 
                 w.write(suback(body, v5=protocol == 5))
                 if n == 1:  # a rogue publisher's message, streamed until the client hangs up
                     topic = b"big"
-                    head = b"\x30" + _varint(DECLARED) + len(topic).to_bytes(2, "big") + topic
+                    head = b"\x30" + varint(DECLARED) + len(topic).to_bytes(2, "big") + topic
                     w.write(head)
                     chunk = b"\x00" * 65536
                     while sent < DECLARED:
@@ -138,16 +139,6 @@ async def test_an_oversized_packet_closes_the_link_at_its_header(protocol: int) 
     assert peer.connects == 2
     if protocol == 5:
         assert max_packet_sizes == [LIMIT, LIMIT]
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value % 128
-        value //= 128
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
 
 
 @pytest.mark.mosquitto
