@@ -130,7 +130,7 @@ class Amqp10Link(Link, asyncio.Protocol):
         self._anon: SenderState | None = None
         self._pool = SenderPool(self, opts.max_senders, opts.sender_idle)
         self.sessions = 0
-        """Sessions begun and not yet freed (each holds one of the peer's channels)."""
+        """Sessions begun and not yet ended (each holds one of the peer's channels)."""
         self._channels = 0
         self._use_anon = False
         self._rabbitmq = False
@@ -519,8 +519,11 @@ class Amqp10Link(Link, asyncio.Protocol):
         for link_obj, state in list(self._states.items()):
             if state.session == session:
                 self._link_ended(link_obj, state, reason, code)
+        # Ended both ways: proton gives its channel back. Not ``free()``d here: that frees
+        # its links too while their wrappers may still be referenced, and a later
+        # ``__del__`` then aborts the process inside proton (seen in a full test run). The
+        # object goes with the connection; the pool reuses sessions, so few ever end.
         session.close()
-        session.free()  # ended both ways: proton gives its channel back; free the object too
         self.sessions -= 1
         if self._pool.parked:
             self._pool.unpark()
